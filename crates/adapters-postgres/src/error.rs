@@ -1,0 +1,40 @@
+//! Translation of pool and diesel failures into the application's [`RepositoryError`].
+
+use application::RepositoryError;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::deadpool::PoolError;
+
+/// A pool failure: no connection in time, or none could be opened.
+pub fn from_pool(error: PoolError) -> RepositoryError {
+    match error {
+        PoolError::Timeout(_)
+        | PoolError::Backend(_)
+        | PoolError::Closed
+        | PoolError::NoRuntimeSpecified => RepositoryError::Unavailable(Box::new(error)),
+        PoolError::PostCreateHook(_) => RepositoryError::Internal(Box::new(error)),
+    }
+}
+
+/// A query failure.
+pub fn from_diesel(error: DieselError) -> RepositoryError {
+    match &error {
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+            RepositoryError::Unavailable(Box::new(error))
+        }
+        _ => RepositoryError::Internal(Box::new(error)),
+    }
+}
+
+/// Whether a failure is a unique-constraint violation (SQLSTATE 23505) on `constraint`.
+pub fn is_unique_violation(error: &DieselError, constraint: &str) -> bool {
+    matches!(
+        error,
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.constraint_name() == Some(constraint)
+    )
+}
+
+/// Stored data that breaks a rule the schema should have enforced.
+pub fn corrupt(detail: String) -> RepositoryError {
+    RepositoryError::Internal(detail.into())
+}

@@ -1,0 +1,23 @@
+//! Gophermart's storage in PostgreSQL.
+//!
+//! Every port of the application layer that keeps state is implemented here over one deadpool
+//! pool of diesel-async connections. SQL lives only in this crate, and no diesel type leaves
+//! it: failures are translated into the application's error enums.
+
+mod error;
+mod ledger;
+mod listener;
+mod migrations;
+mod models;
+mod orders;
+mod pool;
+mod queue;
+mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod users;
+
+pub use listener::{listen_for_queued_orders, QUEUE_CHANNEL};
+pub use migrations::{pending_migrations, run_migrations, MigrationError, MIGRATIONS};
+pub use pool::{PgPool, PgPoolConfig, PgStore, PoolStatus};
+pub use queue::QueueDepth;

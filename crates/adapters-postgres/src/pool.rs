@@ -1,0 +1,121 @@
+//! The connection pool and the store that implements the application's storage ports.
+
+use std::time::Duration;
+
+use application::RepositoryError;
+use diesel_async::{
+    pooled_connection::{
+        deadpool::{Object, Pool},
+        AsyncDieselConnectionManager,
+    },
+    AsyncPgConnection,
+};
+
+use crate::error::from_pool;
+
+/// A pool of PostgreSQL connections.
+pub type PgPool = Pool<AsyncPgConnection>;
+
+/// How the pool is sized and how long a caller waits.
+#[derive(Debug, Clone)]
+pub struct PgPoolConfig {
+    /// A `postgres://` connection URI.
+    pub url: String,
+    /// Most connections open at once.
+    pub max_size: usize,
+    /// Longest wait for a free connection before a request fails as unavailable.
+    pub wait_timeout: Duration,
+    /// Longest wait to open a new connection.
+    pub connect_timeout: Duration,
+}
+
+impl PgPoolConfig {
+    /// Defaults suited to a small machine: 16 connections, waits of 5 seconds.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_size: 16,
+            wait_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Builds the pool; connections are opened lazily.
+    ///
+    /// # Errors
+    /// When the configuration is unusable.
+    pub fn build(&self) -> Result<PgPool, RepositoryError> {
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(self.url.clone());
+        Pool::builder(manager)
+            .max_size(self.max_size)
+            .wait_timeout(Some(self.wait_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .recycle_timeout(Some(self.connect_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| RepositoryError::Internal(Box::new(e)))
+    }
+}
+
+/// How busy the pool is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub max_size: usize,
+    pub size: usize,
+    pub available: usize,
+    pub waiting: usize,
+}
+
+/// Gophermart's PostgreSQL storage. Cheap to clone; all clones share one pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// A store over a pool.
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// A pooled connection, or [`RepositoryError::Unavailable`] when none comes in time.
+    pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, RepositoryError> {
+        self.pool.get().await.map_err(from_pool)
+    }
+
+    /// Whether the database answers a trivial query.
+    ///
+    /// # Errors
+    /// [`RepositoryError`] when it does not.
+    pub async fn ping(&self) -> Result<(), RepositoryError> {
+        use diesel_async::RunQueryDsl;
+        let mut conn = self.conn().await?;
+        diesel::sql_query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(crate::error::from_diesel)
+    }
+
+    /// The pool's current occupation.
+    #[must_use]
+    pub fn status(&self) -> PoolStatus {
+        let status = self.pool.status();
+        PoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! [`AccrualQueue`] in PostgreSQL.
+//!
+//! Entries are claimed with `FOR UPDATE SKIP LOCKED` and a lease (`locked_until`), so several
+//! workers and instances share the queue and the entries of a crashed worker come back when
+//! its lease runs out. A final outcome is applied by one statement guarded by the order's
+//! status, so it can never apply twice.
+
+use std::time::Duration;
+
+use application::{
+    ports::queue::{AccrualQueue, FinalOutcome, QueueEntry, RetryReason},
+    RepositoryError,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diesel::{
+    prelude::*,
+    sql_types::{Array, Int4, Int8, Nullable, Numeric, Text, Timestamptz},
+};
+use diesel_async::RunQueryDsl;
+use domain::{Money, OrderNumber};
+
+use crate::{
+    error::{corrupt, from_diesel},
+    models::{order_number, DbQueueStatus},
+    schema::accrual_queue,
+    PgStore,
+};
+
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = Text)]
+    order_number: String,
+    #[diesel(sql_type = Int4)]
+    attempts: i32,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = Int8)]
+    count: i64,
+}
+
+/// Queue entries per state, for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    pub queued: i64,
+    pub not_registered: i64,
+    pub processing: i64,
+    pub rate_limited: i64,
+    pub failing: i64,
+    /// Entries under a live lease, whatever their state.
+    pub in_flight: i64,
+}
+
+impl PgStore {
+    /// How many entries the queue holds, by state.
+    ///
+    /// # Errors
+    /// [`RepositoryError`] on a storage failure.
+    pub async fn queue_depth(&self, now: DateTime<Utc>) -> Result<QueueDepth, RepositoryError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(DbQueueStatus, i64)> = accrual_queue::table
+            .group_by(accrual_queue::status)
+            .select((accrual_queue::status, diesel::dsl::count_star()))
+            .load(&mut conn)
+            .await
+            .map_err(from_diesel)?;
+        let in_flight: i64 = accrual_queue::table
+            .filter(accrual_queue::locked_until.gt(now))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .map_err(from_diesel)?;
+        let mut depth = QueueDepth {
+            in_flight,
+            ..QueueDepth::default()
+        };
+        for (status, count) in rows {
+            match status {
+                DbQueueStatus::Queued => depth.queued = count,
+                DbQueueStatus::NotRegistered => depth.not_registered = count,
+                DbQueueStatus::Processing => depth.processing = count,
+                DbQueueStatus::RateLimited => depth.rate_limited = count,
+                DbQueueStatus::Failing => depth.failing = count,
+            }
+        }
+        Ok(depth)
+    }
+}
+
+#[async_trait]
+impl AccrualQueue for PgStore {
+    async fn claim(
+        &self,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<QueueEntry>, RepositoryError> {
+        let lease_until = now
+            + chrono::Duration::from_std(lease)
+                .map_err(|e| corrupt(format!("lease {lease:?}: {e}")))?;
+        let mut conn = self.conn().await?;
+        let claimed: Vec<Claimed> = diesel::sql_query(
+            "UPDATE accrual_queue q
+             SET locked_until = $3, updated_at = $2
+             FROM (
+                 SELECT order_number FROM accrual_queue
+                 WHERE next_attempt_at <= $2 AND (locked_until IS NULL OR locked_until <= $2)
+                 ORDER BY next_attempt_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED) due
+             WHERE q.order_number = due.order_number
+             RETURNING q.order_number, q.attempts",
+        )
+        .bind::<Int8, _>(i64::from(limit))
+        .bind::<Timestamptz, _>(now)
+        .bind::<Timestamptz, _>(lease_until)
+        .load(&mut conn)
+        .await
+        .map_err(from_diesel)?;
+        claimed
+            .into_iter()
+            .map(|c| {
+                Ok(QueueEntry {
+                    order: order_number(&c.order_number)?,
+                    attempts: u32::try_from(c.attempts).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn finish(
+        &self,
+        order: &OrderNumber,
+        outcome: FinalOutcome,
+    ) -> Result<bool, RepositoryError> {
+        let mut conn = self.conn().await?;
+        let applied: Count = match outcome {
+            FinalOutcome::Processed(accrual) => diesel::sql_query(
+                "WITH o AS (
+                     UPDATE orders SET status = 'PROCESSED', accrual = $2, updated_at = now()
+                     WHERE number = $1 AND status IN ('NEW', 'PROCESSING')
+                     RETURNING user_id),
+                 a AS (
+                     UPDATE accounts SET balance = accounts.balance + COALESCE($2, 0)
+                     FROM o WHERE accounts.user_id = o.user_id),
+                 d AS (DELETE FROM accrual_queue WHERE order_number = $1)
+                 SELECT count(*) AS count FROM o",
+            )
+            .bind::<Text, _>(order.as_str())
+            .bind::<Nullable<Numeric>, _>(accrual.map(Money::amount))
+            .get_result(&mut conn)
+            .await
+            .map_err(from_diesel)?,
+            FinalOutcome::Invalid => diesel::sql_query(
+                "WITH o AS (
+                     UPDATE orders SET status = 'INVALID', updated_at = now()
+                     WHERE number = $1 AND status IN ('NEW', 'PROCESSING')
+                     RETURNING user_id),
+                 d AS (DELETE FROM accrual_queue WHERE order_number = $1)
+                 SELECT count(*) AS count FROM o",
+            )
+            .bind::<Text, _>(order.as_str())
+            .get_result(&mut conn)
+            .await
+            .map_err(from_diesel)?,
+        };
+        Ok(applied.count > 0)
+    }
+
+    async fn retry_later(
+        &self,
+        order: &OrderNumber,
+        due_at: DateTime<Utc>,
+        reason: RetryReason,
+    ) -> Result<(), RepositoryError> {
+        let mut conn = self.conn().await?;
+        let (status, failure) = match reason {
+            RetryReason::StillProcessing => (DbQueueStatus::Processing, None),
+            RetryReason::NotRegistered => (DbQueueStatus::NotRegistered, None),
+            RetryReason::RateLimited => (DbQueueStatus::RateLimited, None),
+            RetryReason::Failed(error) => (DbQueueStatus::Failing, Some(error)),
+        };
+        if status == DbQueueStatus::Processing {
+            diesel::sql_query(
+                "UPDATE orders SET status = 'PROCESSING', updated_at = now()
+                 WHERE number = $1 AND status = 'NEW'",
+            )
+            .bind::<Text, _>(order.as_str())
+            .execute(&mut conn)
+            .await
+            .map_err(from_diesel)?;
+        }
+        let failed = failure.is_some();
+        diesel::update(accrual_queue::table.find(order.as_str()))
+            .set((
+                accrual_queue::status.eq(status),
+                accrual_queue::next_attempt_at.eq(due_at),
+                accrual_queue::locked_until.eq(None::<DateTime<Utc>>),
+                accrual_queue::attempts.eq(accrual_queue::attempts + i32::from(failed)),
+                accrual_queue::last_error.eq(failure),
+                accrual_queue::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .map_err(from_diesel)?;
+        Ok(())
+    }
+
+    async fn release(&self, orders: &[OrderNumber]) -> Result<(), RepositoryError> {
+        if orders.is_empty() {
+            return Ok(());
+        }
+        let numbers: Vec<&str> = orders.iter().map(OrderNumber::as_str).collect();
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "UPDATE accrual_queue SET locked_until = NULL WHERE order_number = ANY($1)",
+        )
+        .bind::<Array<Text>, _>(numbers)
+        .execute(&mut conn)
+        .await
+        .map_err(from_diesel)?;
+        Ok(())
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, RepositoryError> {
+        let mut conn = self.conn().await?;
+        accrual_queue::table
+            .select(diesel::dsl::min(diesel::dsl::sql::<Timestamptz>(
+                "GREATEST(next_attempt_at, COALESCE(locked_until, next_attempt_at))",
+            )))
+            .first(&mut conn)
+            .await
+            .map_err(from_diesel)
+    }
+}

@@ -1,0 +1,78 @@
+//! Password hashing and session tokens.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use domain::{Password, UserId};
+
+/// A slow, salted password hash in its textual (PHC or modular crypt) form.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash(pub String);
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash(***)")
+    }
+}
+
+/// The hasher failed (not a wrong password).
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing failed")]
+pub struct HashingError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Hashes and verifies passwords. Implementations run the slow work off the async threads.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait PasswordHasher: Send + Sync {
+    /// Hashes a new password.
+    ///
+    /// # Errors
+    /// [`HashingError`] when the hasher fails.
+    async fn hash(&self, password: &Password) -> Result<PasswordHash, HashingError>;
+
+    /// Checks a password against a stored hash; `None` checks it against a dummy hash of the same
+    /// cost, so an unknown login takes as long as a wrong password, and answers `false`.
+    ///
+    /// # Errors
+    /// [`HashingError`] when the hasher fails.
+    async fn verify(
+        &self,
+        password: &Password,
+        hash: Option<PasswordHash>,
+    ) -> Result<bool, HashingError>;
+}
+
+/// A signed session token handed to a signed-in user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed, forged or uses another algorithm")]
+    Invalid,
+    #[error("the token has expired")]
+    Expired,
+}
+
+/// Issues and checks session tokens.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait TokenService: Send + Sync {
+    /// Issues a token for a user.
+    ///
+    /// # Errors
+    /// [`HashingError`] if signing fails.
+    fn issue(&self, user: UserId) -> Result<Token, HashingError>;
+
+    /// Returns the user a token was issued to.
+    ///
+    /// # Errors
+    /// [`TokenError`] when the token cannot be trusted.
+    fn verify(&self, token: &str) -> Result<UserId, TokenError>;
+}

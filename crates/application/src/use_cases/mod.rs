@@ -1,0 +1,9 @@
+//! The customer's use cases, one module per capability.
+
+mod accounts;
+mod ledger;
+mod orders;
+
+pub use accounts::{log_in, register, LogInError, RegisterError};
+pub use ledger::{balance, withdraw, withdrawals, WithdrawError, Withdrawn};
+pub use orders::{list_orders, upload_order, UploadOrderError, Uploaded};
