@@ -486,7 +486,10 @@ async fn retries_are_scheduled_and_only_failures_count_as_attempts() {
         store.list(alice).await.expect("list")[0].status,
         OrderStatus::Processing
     );
-    store.release(&[order.clone()]).await.expect("release");
+    store
+        .release(std::slice::from_ref(&order))
+        .await
+        .expect("release");
     assert_eq!(
         store
             .claim(

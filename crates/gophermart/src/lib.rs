@@ -1,1 +1,182 @@
-//! Placeholder.
+//! Gophermart's wiring: configuration in, a running service out. Builds the adapters, hands
+//! them to the HTTP server and the accrual worker, and stops both cleanly.
+
+pub mod config;
+mod health;
+pub mod telemetry;
+
+use std::{net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::dev::{Server, ServerHandle};
+use adapters_accrual::{normalize_base_url, AccrualClientConfig, HttpAccrualClient};
+use adapters_crypto::{BcryptHasher, JwtTokens};
+use adapters_http::{http_server, AppState, ServerConfig};
+use adapters_postgres::{listen_for_queued_orders, run_migrations, PgPoolConfig, PgStore};
+use anyhow::Context;
+use application::{
+    ports::clock::SystemClock,
+    worker::{AccrualWorker, WorkerConfig},
+};
+use secrecy::ExposeSecret;
+use tokio::{sync::Notify, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// A built, not yet running, service.
+pub struct Application {
+    server: Server,
+    port: u16,
+    stop: CancellationToken,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops a running [`Application`] from elsewhere (a signal handler, a test).
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    server: ServerHandle,
+}
+
+impl StopHandle {
+    /// Stops accepting connections, lets in-flight requests finish, then stops the worker.
+    pub async fn stop(&self) {
+        self.server.stop(true).await;
+    }
+}
+
+impl Application {
+    /// Connects to the database, applies migrations, binds the listen addresses, and prepares
+    /// the HTTP server and the accrual worker.
+    ///
+    /// # Errors
+    /// When the database cannot be migrated, an address cannot be bound, or a setting is unusable.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let database_url = config.database_uri.expose_secret().to_owned();
+        let applied = run_migrations(&database_url)
+            .await
+            .context("applying database migrations")?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "database migrated");
+        }
+        let mut pool = PgPoolConfig::new(database_url.clone());
+        pool.max_size = config.database_pool_size;
+        pool.wait_timeout = Duration::from_millis(config.database_timeout_ms);
+        pool.connect_timeout = Duration::from_millis(config.database_timeout_ms);
+        let store = PgStore::new(pool.build().context("building the database pool")?);
+
+        let secret = config.jwt_secret.clone().unwrap_or_else(|| {
+            tracing::warn!("JWT_SECRET is not set: using a random secret; sessions end with this process and are not shared between instances");
+            JwtTokens::random_secret()
+        });
+        let hasher = BcryptHasher::new(config.bcrypt_cost).context("bcrypt cost")?;
+        let clock = Arc::new(SystemClock);
+        let state = AppState {
+            users: Arc::new(store.clone()),
+            orders: Arc::new(store.clone()),
+            ledger: Arc::new(store.clone()),
+            hasher: Arc::new(hasher),
+            tokens: Arc::new(JwtTokens::new(&secret, config.token_ttl())),
+            clock: clock.clone(),
+            token_lifetime: config.token_ttl(),
+            secure_cookie: config.cookie_secure,
+        };
+
+        let base_url =
+            normalize_base_url(&config.accrual_system_address).context("ACCRUAL_SYSTEM_ADDRESS")?;
+        let mut client_config = AccrualClientConfig::new(base_url);
+        client_config.request_timeout = Duration::from_millis(config.accrual_request_timeout_ms);
+        let client =
+            HttpAccrualClient::new(client_config).context("building the accrual client")?;
+        let worker = AccrualWorker::new(
+            Arc::new(store.clone()),
+            Arc::new(client),
+            clock,
+            WorkerConfig {
+                concurrency: config.accrual_concurrency,
+                poll_interval: Duration::from_millis(config.accrual_poll_interval_ms),
+                recheck_delay: Duration::from_millis(config.accrual_recheck_delay_ms),
+                backoff_cap: Duration::from_millis(config.accrual_backoff_cap_ms),
+                lease: Duration::from_millis(config.accrual_lease_ms),
+                ..WorkerConfig::default()
+            },
+        );
+
+        let mut listeners = Vec::new();
+        for address in config.listen_addresses().context("RUN_ADDRESS")? {
+            listeners
+                .push(TcpListener::bind(address).with_context(|| format!("binding {address}"))?);
+        }
+        let port = listeners
+            .first()
+            .context("RUN_ADDRESS resolves to no address")?
+            .local_addr()?
+            .port();
+        for listener in &listeners {
+            tracing::info!(address = %listener.local_addr()?, "listening");
+        }
+        let server_config = ServerConfig {
+            workers: config.http_workers,
+            ..ServerConfig::default()
+        };
+        let health_store = store.clone();
+        let server = http_server(state, listeners, &server_config, move |cfg| {
+            health::configure(cfg, health_store.clone());
+        })?;
+
+        let stop = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let background = vec![
+            tokio::spawn(listen_for_queued_orders(
+                database_url,
+                wake.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(worker.run(wake, stop.clone())),
+        ];
+        Ok(Self {
+            server,
+            port,
+            stop,
+            background,
+        })
+    }
+
+    /// The port of the first listen address (useful when it was 0).
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that stops the service.
+    #[must_use]
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            server: self.server.handle(),
+        }
+    }
+
+    /// Serves until stopped, then stops the worker: no new claims, in-flight accrual requests
+    /// finish, unasked entries are released.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let served = self.server.await;
+        self.stop.cancel();
+        for task in self.background {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a background task failed");
+            }
+        }
+        tracing::info!("stopped");
+        Ok(served?)
+    }
+}

@@ -1,0 +1,90 @@
+//! Error bodies in the `application/problem+json` format (RFC 9457), and the translation of
+//! storage failures into 500 and 503.
+
+use actix_web::{
+    body::{BoxBody, EitherBody},
+    dev::ServiceResponse,
+    http::{header, StatusCode},
+    middleware::ErrorHandlerResponse,
+    HttpResponse,
+};
+use application::RepositoryError;
+use serde::Serialize;
+
+/// The media type of error bodies.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// An error body.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: String,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+/// A response with a problem body.
+pub fn problem(status: StatusCode, detail: impl Into<Option<String>>) -> HttpResponse {
+    let body = Problem {
+        kind: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: detail.into(),
+    };
+    let mut response = HttpResponse::build(status);
+    response.content_type(PROBLEM_CONTENT_TYPE);
+    if status == StatusCode::UNAUTHORIZED {
+        response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.insert_header((header::RETRY_AFTER, "1"));
+    }
+    response.json(body)
+}
+
+/// The status for a storage failure: 503 when the database is out of reach (worth retrying),
+/// 500 otherwise. Both are logged with their whole cause chain; the body says nothing more.
+pub fn repository_status(error: &RepositoryError) -> StatusCode {
+    log_chain(error);
+    match error {
+        RepositoryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        RepositoryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Logs an error with every cause beneath it.
+pub fn log_chain(error: &(dyn std::error::Error + 'static)) {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    tracing::error!(error = %chain, "request failed");
+}
+
+/// Gives every error response that lacks one a problem body: routing misses (404, 405) and
+/// extractor failures of actix itself.
+///
+/// # Errors
+/// Never; the signature is actix's.
+pub fn ensure_problem_body<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_CONTENT_TYPE));
+    if is_problem {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (req, _) = res.into_parts();
+    let response: ServiceResponse<EitherBody<B, BoxBody>> =
+        ServiceResponse::new(req, problem(status, None)).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(response))
+}

@@ -1,0 +1,111 @@
+//! JSON conventions shared by the endpoints: money as exact JSON numbers, RFC 3339 times, and
+//! problem bodies for request bodies that cannot be read.
+
+use actix_web::{error::JsonPayloadError, http::StatusCode, HttpRequest};
+use chrono::{DateTime, SecondsFormat, Utc};
+use domain::Money;
+use rust_decimal::Decimal;
+use serde::Serializer;
+
+use crate::problem::problem;
+
+/// The largest request body accepted, compressed or not.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Writes money as a JSON number with no superfluous zeros: `500.5`, `42`, `729.98`.
+///
+/// # Errors
+/// As the serializer's.
+pub fn money<S: Serializer>(value: &Money, serializer: S) -> Result<S::Ok, S::Error> {
+    rust_decimal::serde::arbitrary_precision::serialize(&value.amount().normalize(), serializer)
+}
+
+/// Writes optional money; pair with `skip_serializing_if = "Option::is_none"`.
+///
+/// # Errors
+/// As the serializer's.
+pub fn optional_money<S: Serializer>(
+    value: &Option<Money>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => money(value, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Writes a time in RFC 3339 with second precision, in UTC.
+///
+/// # Errors
+/// As the serializer's.
+pub fn rfc3339<S: Serializer>(value: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&value.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+/// Reads an exact decimal out of a JSON number (kept verbatim by serde_json's arbitrary
+/// precision), including exponent forms such as `1e2`.
+pub fn decimal(number: &serde_json::Number) -> Option<Decimal> {
+    let text = number.to_string();
+    Decimal::from_str_exact(&text)
+        .ok()
+        .or_else(|| Decimal::from_scientific(&text).ok())
+}
+
+/// Answers a body that is not the JSON expected: 413 when too large, 400 otherwise.
+pub fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let status = match &error {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let detail = error.to_string();
+    actix_web::error::InternalError::from_response(error, problem(status, detail)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal_macros::dec;
+
+    use super::*;
+
+    #[derive(serde::Serialize)]
+    struct Amount {
+        #[serde(serialize_with = "money")]
+        value: Money,
+    }
+
+    fn json(value: Decimal) -> String {
+        serde_json::to_string(&Amount {
+            value: Money::new(value).expect("valid"),
+        })
+        .expect("json")
+    }
+
+    #[test]
+    fn money_is_written_as_an_exact_number_without_trailing_zeros() {
+        assert_eq!(json(dec!(500.50)), r#"{"value":500.5}"#);
+        assert_eq!(json(dec!(42.00)), r#"{"value":42}"#);
+        assert_eq!(json(dec!(729.98)), r#"{"value":729.98}"#);
+        assert_eq!(
+            json(dec!(999999999999999999.99)),
+            r#"{"value":999999999999999999.99}"#
+        );
+        assert_eq!(json(dec!(0)), r#"{"value":0}"#);
+    }
+
+    #[test]
+    fn numbers_are_read_exactly() {
+        let read = |text: &str| {
+            decimal(&serde_json::from_str::<serde_json::Number>(text).expect("number"))
+        };
+        assert_eq!(read("751"), Some(dec!(751)));
+        assert_eq!(read("0.1"), Some(dec!(0.1)));
+        assert_eq!(
+            read("123456789012345678.99"),
+            Some(dec!(123456789012345678.99))
+        );
+        assert_eq!(read("1e2"), Some(dec!(100)));
+        assert_eq!(read("-5"), Some(dec!(-5)));
+    }
+}

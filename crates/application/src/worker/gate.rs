@@ -1,0 +1,192 @@
+//! The gate every request to the accrual system passes: a global pause after a 429, and an
+//! even pace under the limit the accrual system advertised, so that 429s stop recurring.
+
+use std::{sync::Mutex, time::Duration};
+
+use tokio::time::Instant;
+
+#[derive(Debug)]
+struct GateState {
+    paused_until: Option<Instant>,
+    interval: Option<Duration>,
+    next_slot: Option<Instant>,
+    paused_total: Duration,
+}
+
+/// Shared by every task of one worker.
+#[derive(Debug)]
+pub struct RateGate {
+    state: Mutex<GateState>,
+}
+
+impl Default for RateGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Requests are spaced slightly wider than the advertised limit strictly needs, so that a
+/// sliding one-minute window on the other side never sees more than the limit.
+const PACING_MARGIN: f64 = 1.02;
+
+impl RateGate {
+    /// An open gate with no pace.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(GateState {
+                paused_until: None,
+                interval: None,
+                next_slot: None,
+                paused_total: Duration::ZERO,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes the gate for everyone for `duration` (extending, never shortening, a pause).
+    pub fn pause_for(&self, duration: Duration) {
+        let now = Instant::now();
+        let until = now + duration;
+        let mut state = self.lock();
+        let current = state.paused_until.filter(|t| *t > now);
+        let added = match current {
+            Some(current) if current >= until => Duration::ZERO,
+            Some(current) => until - current,
+            None => duration,
+        };
+        state.paused_total += added;
+        state.paused_until = Some(current.map_or(until, |c| c.max(until)));
+    }
+
+    /// Spaces requests evenly to stay under `per_minute` (0 removes the pace).
+    pub fn pace(&self, per_minute: u32) {
+        let mut state = self.lock();
+        state.interval = (per_minute > 0).then(|| {
+            Duration::from_secs(60)
+                .div_f64(f64::from(per_minute))
+                .mul_f64(PACING_MARGIN)
+        });
+    }
+
+    /// Total time the gate has been closed by pauses.
+    #[must_use]
+    pub fn paused_total(&self) -> Duration {
+        self.lock().paused_total
+    }
+
+    /// Whether a pause is in force now.
+    #[must_use]
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused_until.is_some_and(|t| t > Instant::now())
+    }
+
+    /// Waits until a request may be sent, and takes its slot.
+    pub async fn acquire(&self) {
+        loop {
+            let wait_until = {
+                let now = Instant::now();
+                let mut state = self.lock();
+                let paused = state.paused_until.filter(|t| *t > now);
+                let slot = state.next_slot.filter(|t| *t > now);
+                match paused.max(slot) {
+                    None => {
+                        if let Some(interval) = state.interval {
+                            state.next_slot = Some(now + interval);
+                        }
+                        return;
+                    }
+                    Some(until) => until,
+                }
+            };
+            tokio::time::sleep_until(wait_until).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_gate_lets_requests_through_at_once() {
+        let gate = RateGate::new();
+        let start = Instant::now();
+
+        for _ in 0..100 {
+            gate.acquire().await;
+        }
+
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_request_until_it_ends() {
+        let gate = RateGate::new();
+        gate.pause_for(Duration::from_secs(7));
+        let start = Instant::now();
+
+        gate.acquire().await;
+
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
+        assert_eq!(gate.paused_total(), Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_pause_does_not_cut_a_longer_one_short() {
+        let gate = RateGate::new();
+        gate.pause_for(Duration::from_secs(10));
+        gate.pause_for(Duration::from_secs(3));
+        let start = Instant::now();
+
+        gate.acquire().await;
+
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        assert_eq!(gate.paused_total(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pace_spaces_requests_under_the_advertised_limit() {
+        let gate = RateGate::new();
+        gate.pace(60);
+        let start = Instant::now();
+
+        for _ in 0..11 {
+            gate.acquire().await;
+        }
+
+        // 10 intervals of 1.02 s each: never more than 60 in any minute.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(10_200), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(10_300), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_gate_admits_at_most_the_limit_in_any_minute() {
+        let gate = RateGate::new();
+        gate.pace(10);
+        let start = Instant::now();
+        let mut times = Vec::new();
+
+        for _ in 0..30 {
+            gate.acquire().await;
+            times.push(start.elapsed());
+        }
+
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..]
+                .iter()
+                .filter(|u| **u < *t + Duration::from_secs(60))
+                .count();
+            assert!(
+                in_window <= 10,
+                "{in_window} requests within a minute from {t:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The worker against mocks of its ports.
+
+use std::sync::Mutex;
+
+use chrono::TimeZone;
+use domain::{Money, OrderNumber};
+use mockall::predicate::eq;
+use rust_decimal_macros::dec;
+
+use super::*;
+use crate::ports::{
+    accrual::{AccrualClientError, MockAccrualClient},
+    clock::MockClock,
+    queue::MockAccrualQueue,
+};
+
+fn order() -> OrderNumber {
+    OrderNumber::parse("12345678903").expect("valid")
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0)
+        .single()
+        .expect("date")
+}
+
+fn clock() -> Arc<MockClock> {
+    let mut clock = MockClock::new();
+    clock.expect_now().returning(now);
+    Arc::new(clock)
+}
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        recheck_delay: Duration::from_millis(500),
+        backoff_base: Duration::from_secs(1),
+        backoff_cap: Duration::from_secs(60),
+        ..WorkerConfig::default()
+    }
+}
+
+fn client_answering(answer: Result<AccrualAnswer, AccrualClientError>) -> Arc<MockAccrualClient> {
+    let mut client = MockAccrualClient::new();
+    client
+        .expect_order()
+        .with(eq(order()))
+        .times(1)
+        .returning(move |_| answer.clone());
+    Arc::new(client)
+}
+
+fn worker(queue: MockAccrualQueue, client: Arc<MockAccrualClient>) -> AccrualWorker {
+    AccrualWorker::new(Arc::new(queue), client, clock(), config())
+}
+
+fn entry(attempts: u32) -> QueueEntry {
+    QueueEntry {
+        order: order(),
+        attempts,
+    }
+}
+
+#[tokio::test]
+async fn a_processed_answer_credits_the_order() {
+    let accrual = Money::new(dec!(729.98)).expect("money");
+    let mut queue = MockAccrualQueue::new();
+    queue
+        .expect_finish()
+        .with(eq(order()), eq(FinalOutcome::Processed(Some(accrual))))
+        .times(1)
+        .returning(|_, _| Ok(true));
+    let worker = worker(
+        queue,
+        client_answering(Ok(AccrualAnswer::Known {
+            status: AccrualStatus::Processed,
+            accrual: Some(accrual),
+        })),
+    );
+
+    worker.handle(entry(0), CancellationToken::new()).await;
+
+    assert_eq!(worker.stats().orders_credited(), 1);
+    assert_eq!(worker.stats().points_credited(), accrual);
+}
+
+#[tokio::test]
+async fn a_processed_answer_for_an_order_already_final_counts_no_credit() {
+    let mut queue = MockAccrualQueue::new();
+    queue.expect_finish().times(1).returning(|_, _| Ok(false));
+    let worker = worker(
+        queue,
+        client_answering(Ok(AccrualAnswer::Known {
+            status: AccrualStatus::Processed,
+            accrual: None,
+        })),
+    );
+
+    worker.handle(entry(0), CancellationToken::new()).await;
+
+    assert_eq!(worker.stats().orders_credited(), 0);
+    assert_eq!(worker.stats().answers(AnswerKind::Processed), 1);
+}
+
+#[tokio::test]
+async fn an_invalid_answer_marks_the_order_invalid() {
+    let mut queue = MockAccrualQueue::new();
+    queue
+        .expect_finish()
+        .with(eq(order()), eq(FinalOutcome::Invalid))
+        .times(1)
+        .returning(|_, _| Ok(true));
+    let worker = worker(
+        queue,
+        client_answering(Ok(AccrualAnswer::Known {
+            status: AccrualStatus::Invalid,
+            accrual: None,
+        })),
+    );
+
+    worker.handle(entry(0), CancellationToken::new()).await;
+
+    assert_eq!(worker.stats().answers(AnswerKind::Invalid), 1);
+}
+
+#[tokio::test]
+async fn registered_and_processing_answers_ask_again_after_the_recheck_delay() {
+    for status in [AccrualStatus::Registered, AccrualStatus::Processing] {
+        let mut queue = MockAccrualQueue::new();
+        queue
+            .expect_retry_later()
+            .with(
+                eq(order()),
+                eq(now() + chrono::Duration::milliseconds(500)),
+                eq(RetryReason::StillProcessing),
+            )
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        queue.expect_finish().never();
+        let worker = worker(
+            queue,
+            client_answering(Ok(AccrualAnswer::Known {
+                status,
+                accrual: None,
+            })),
+        );
+
+        worker.handle(entry(0), CancellationToken::new()).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unregistered_order_is_asked_about_again_later() {
+    let mut queue = MockAccrualQueue::new();
+    queue
+        .expect_retry_later()
+        .with(
+            eq(order()),
+            eq(now() + chrono::Duration::milliseconds(500)),
+            eq(RetryReason::NotRegistered),
+        )
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    let worker = worker(queue, client_answering(Ok(AccrualAnswer::NotRegistered)));
+
+    worker.handle(entry(0), CancellationToken::new()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_pauses_every_request_and_paces_the_next_ones() {
+    let mut queue = MockAccrualQueue::new();
+    queue
+        .expect_retry_later()
+        .with(
+            eq(order()),
+            eq(now() + chrono::Duration::seconds(7)),
+            eq(RetryReason::RateLimited),
+        )
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    let worker = worker(
+        queue,
+        client_answering(Ok(AccrualAnswer::RateLimited {
+            retry_after: Duration::from_secs(7),
+            per_minute: Some(60),
+        })),
+    );
+
+    worker.handle(entry(0), CancellationToken::new()).await;
+
+    let gate = worker.gate();
+    assert!(gate.is_paused());
+    let start = tokio::time::Instant::now();
+    gate.acquire().await;
+    gate.acquire().await;
+    // The pause (7 s), then one paced interval (60/60 s with a 2% margin).
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(7) + Duration::from_millis(1020)
+    );
+    assert_eq!(worker.stats().answers(AnswerKind::RateLimited), 1);
+}
+
+#[tokio::test]
+async fn a_failure_is_retried_with_backoff_and_recorded() {
+    let recorded = Arc::new(Mutex::new(None));
+    let mut queue = MockAccrualQueue::new();
+    let sink = recorded.clone();
+    queue
+        .expect_retry_later()
+        .times(1)
+        .returning(move |_, due, reason| {
+            *sink.lock().expect("lock") = Some((due, reason));
+            Ok(())
+        });
+    queue.expect_finish().never();
+    let worker = worker(
+        queue,
+        client_answering(Err(AccrualClientError::Server("status 500".into()))),
+    );
+
+    worker.handle(entry(2), CancellationToken::new()).await;
+
+    let (due, reason) = recorded.lock().expect("lock").clone().expect("retried");
+    // Third attempt: 4 s base, jittered between 2 and 4 s.
+    let delay = (due - now()).to_std().expect("future");
+    assert!(
+        delay >= Duration::from_secs(2) && delay <= Duration::from_secs(4),
+        "{delay:?}"
+    );
+    assert_eq!(
+        reason,
+        RetryReason::Failed("the accrual system failed: status 500".into())
+    );
+}
+
+#[tokio::test]
+async fn timeouts_and_garbage_never_make_an_order_invalid() {
+    for error in [
+        AccrualClientError::Timeout,
+        AccrualClientError::InvalidAnswer("garbage".into()),
+        AccrualClientError::Transport("refused".into()),
+    ] {
+        let mut queue = MockAccrualQueue::new();
+        queue.expect_finish().never();
+        queue
+            .expect_retry_later()
+            .withf(|_, _, reason| matches!(reason, RetryReason::Failed(_)))
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        let worker = worker(queue, client_answering(Err(error)));
+
+        worker.handle(entry(0), CancellationToken::new()).await;
+    }
+}
+
+#[test]
+fn backoff_doubles_per_attempt_up_to_the_cap() {
+    let config = config();
+    let full: Vec<Duration> = (1..=9).map(|a| backoff(&config, a, 1.0)).collect();
+
+    assert_eq!(
+        full,
+        [1, 2, 4, 8, 16, 32, 60, 60, 60]
+            .map(Duration::from_secs)
+            .to_vec()
+    );
+    assert_eq!(backoff(&config, 3, 0.0), Duration::from_secs(2));
+    assert_eq!(backoff(&config, u32::MAX, 1.0), Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn an_entry_waiting_at_the_gate_is_released_on_shutdown() {
+    let mut queue = MockAccrualQueue::new();
+    queue
+        .expect_release()
+        .withf(|orders| orders == [order()])
+        .times(1)
+        .returning(|_| Ok(()));
+    let mut client = MockAccrualClient::new();
+    client.expect_order().never();
+    let worker = worker(queue, Arc::new(client));
+    worker.gate().pause_for(Duration::from_secs(3600));
+    let stop = CancellationToken::new();
+    stop.cancel();
+
+    worker.handle(entry(0), stop).await;
+}
+
+#[tokio::test]
+async fn the_run_loop_works_through_claimed_entries_and_stops_cleanly() {
+    let mut queue = MockAccrualQueue::new();
+    let claims = Arc::new(Mutex::new(0));
+    let counter = claims.clone();
+    queue.expect_claim().returning(move |limit, _, lease| {
+        assert_eq!(lease, Duration::from_secs(30));
+        let mut n = counter.lock().expect("lock");
+        *n += 1;
+        Ok(if *n == 1 {
+            assert!(limit >= 1);
+            vec![entry(0)]
+        } else {
+            vec![]
+        })
+    });
+    queue.expect_next_due().returning(|| Ok(None));
+    let finished = Arc::new(Notify::new());
+    let signal = finished.clone();
+    queue.expect_finish().times(1).returning(move |_, _| {
+        signal.notify_one();
+        Ok(true)
+    });
+    let client = client_answering(Ok(AccrualAnswer::Known {
+        status: AccrualStatus::Processed,
+        accrual: None,
+    }));
+    let worker = worker(queue, client);
+    let stop = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+
+    let running = tokio::spawn(worker.clone().run(wake, stop.clone()));
+    tokio::time::timeout(Duration::from_secs(5), finished.notified())
+        .await
+        .expect("the claimed order is finished");
+    stop.cancel();
+
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the worker stops")
+        .expect("no panic");
+    assert_eq!(worker.stats().orders_credited(), 1);
+}

@@ -1,0 +1,184 @@
+//! Configuration from command-line flags and environment variables (flags win).
+
+use std::{net::SocketAddr, net::ToSocketAddrs, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use secrecy::SecretString;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Gophermart, a loyalty-points service: customers upload order numbers, the accrual system
+/// says how many points each earns, and customers spend them on new orders.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gophermart", version, about)]
+pub struct Config {
+    /// Address and port to listen on. `:8080` means every interface; `localhost` binds
+    /// every address the name resolves to, IPv4 included.
+    #[arg(
+        short = 'a',
+        long = "address",
+        env = "RUN_ADDRESS",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub run_address: String,
+
+    /// PostgreSQL connection URI, e.g. `postgres://user:password@127.0.0.1:5432/gophermart`.
+    #[arg(
+        short = 'd',
+        long = "database-uri",
+        env = "DATABASE_URI",
+        hide_env_values = true
+    )]
+    pub database_uri: SecretString,
+
+    /// Base address of the accrual system, e.g. `http://127.0.0.1:8081`.
+    #[arg(
+        short = 'r',
+        long = "accrual-address",
+        env = "ACCRUAL_SYSTEM_ADDRESS",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub accrual_system_address: String,
+
+    /// Secret that signs session tokens. Every instance sharing a database must use the same
+    /// one; when unset a random one is made and tokens do not survive a restart.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<SecretString>,
+
+    /// How long a session token stays valid, in seconds.
+    #[arg(long, env = "TOKEN_TTL_SECONDS", default_value_t = 86_400)]
+    pub token_ttl_seconds: u64,
+
+    /// bcrypt cost of password hashes (4-31; each step doubles the work).
+    #[arg(long, env = "BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
+    /// Mark the session cookie `Secure` (set when clients reach the service over HTTPS).
+    #[arg(long, env = "COOKIE_SECURE", default_value_t = false)]
+    pub cookie_secure: bool,
+
+    /// Most PostgreSQL connections open at once.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: usize,
+
+    /// Longest wait for a database connection before a request answers 503, in milliseconds.
+    #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub database_timeout_ms: u64,
+
+    /// HTTP worker threads; 0 means one per core.
+    #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
+    pub http_workers: usize,
+
+    /// Concurrent requests to the accrual system.
+    #[arg(long, env = "ACCRUAL_CONCURRENCY", default_value_t = 8)]
+    pub accrual_concurrency: usize,
+
+    /// Longest pause between looks at the queue when nothing wakes the worker, in milliseconds.
+    #[arg(long, env = "ACCRUAL_POLL_INTERVAL_MS", default_value_t = 1_000)]
+    pub accrual_poll_interval_ms: u64,
+
+    /// Timeout of one request to the accrual system, in milliseconds.
+    #[arg(long, env = "ACCRUAL_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub accrual_request_timeout_ms: u64,
+
+    /// Delay before asking again about an order the accrual system is still computing or does
+    /// not know yet, in milliseconds.
+    #[arg(long, env = "ACCRUAL_RECHECK_DELAY_MS", default_value_t = 500)]
+    pub accrual_recheck_delay_ms: u64,
+
+    /// Longest delay between retries after failures (backoff cap), in milliseconds.
+    #[arg(long, env = "ACCRUAL_BACKOFF_CAP_MS", default_value_t = 60_000)]
+    pub accrual_backoff_cap_ms: u64,
+
+    /// How long a claimed queue entry stays reserved for its worker, in milliseconds; a crashed
+    /// instance's entries return to the queue after it.
+    #[arg(long, env = "ACCRUAL_LEASE_MS", default_value_t = 30_000)]
+    pub accrual_lease_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The addresses to listen on.
+    ///
+    /// # Errors
+    /// When the address cannot be resolved.
+    pub fn listen_addresses(&self) -> std::io::Result<Vec<SocketAddr>> {
+        let address = if self.run_address.starts_with(':') {
+            format!("0.0.0.0{}", self.run_address)
+        } else {
+            self.run_address.clone()
+        };
+        let mut addresses: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
+    }
+
+    /// The token lifetime.
+    #[must_use]
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("gophermart").chain(args.iter().copied()))
+            .expect("valid flags")
+    }
+
+    #[test]
+    fn flags_of_the_spec_are_understood() {
+        let config = parse(&[
+            "-a",
+            "localhost:9090",
+            "-d",
+            "postgres://x",
+            "-r",
+            "http://acc:1",
+        ]);
+
+        assert_eq!(config.run_address, "localhost:9090");
+        assert_eq!(config.accrual_system_address, "http://acc:1");
+    }
+
+    #[test]
+    fn a_bare_port_listens_on_every_ipv4_interface() {
+        let config = parse(&["-a", ":8089", "-d", "postgres://x"]);
+
+        assert_eq!(
+            config.listen_addresses().expect("resolves"),
+            vec!["0.0.0.0:8089".parse().expect("addr")]
+        );
+    }
+
+    #[test]
+    fn localhost_includes_the_ipv4_loopback() {
+        let config = parse(&["-a", "localhost:8089", "-d", "postgres://x"]);
+
+        let addresses = config.listen_addresses().expect("resolves");
+
+        assert!(
+            addresses.contains(&"127.0.0.1:8089".parse().expect("addr")),
+            "{addresses:?}"
+        );
+    }
+
+    #[test]
+    fn the_bcrypt_cost_is_bounded() {
+        assert!(Config::try_parse_from(["gophermart", "-d", "x", "--bcrypt-cost", "3"]).is_err());
+    }
+}
