@@ -24,6 +24,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
 #[derive(Debug)]
 pub struct AppState {
     store: Store,
+    stats: Mutex<Tally>,
     rate_limit: u32,
     limiter: Option<Mutex<SlidingWindow>>,
     fail_rate: f64,
@@ -42,6 +43,7 @@ impl AppState {
         };
         Self {
             store: Store::new(config.processing_delay()),
+            stats: Mutex::default(),
             rate_limit: config.rate_limit,
             limiter: (config.rate_limit > 0)
                 .then(|| Mutex::new(SlidingWindow::new(config.rate_limit, WINDOW))),
@@ -55,6 +57,36 @@ impl AppState {
     pub fn store(&self) -> &Store {
         &self.store
     }
+
+    /// What the order-status endpoint has answered so far.
+    #[must_use]
+    pub fn stats(&self) -> RequestStats {
+        self.tally().stats
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Counts of the answers of `GET /api/orders/{number}`, for tests and benchmarks that check
+/// how a client treats this system.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RequestStats {
+    /// Requests answered with 200 or 204.
+    pub answered: u64,
+    /// Requests refused with 429.
+    pub rate_limited: u64,
+    /// Requests answered with an injected 500.
+    pub failed: u64,
+    /// Requests about an order whose final status had already been given to some caller.
+    pub asked_after_final: u64,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    stats: RequestStats,
+    finalized: std::collections::HashSet<String>,
 }
 
 /// Registers the routes: `GET /api/orders/{number}`, `POST /api/orders`, `POST /api/goods`
@@ -62,9 +94,14 @@ impl AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(BODY_LIMIT))
         .route("/healthz", web::get().to(health))
+        .route("/api/stats", web::get().to(request_stats))
         .route("/api/orders/{number}", web::get().to(order_status))
         .route("/api/orders", web::post().to(register_order))
         .route("/api/goods", web::post().to(register_rule));
+}
+
+async fn request_stats(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.stats())
 }
 
 async fn health() -> HttpResponse {
@@ -94,6 +131,7 @@ async fn order_status(state: web::Data<AppState>, number: web::Path<String>) -> 
         tokio::time::sleep(state.latency).await;
     }
     if let Err(rejected) = admitted {
+        state.tally().stats.rate_limited += 1;
         let retry_after = rejected.retry_after_secs();
         tracing::debug!(order = %number, retry_after, "rate limit reached");
         return HttpResponse::TooManyRequests()
@@ -106,11 +144,22 @@ async fn order_status(state: web::Data<AppState>, number: web::Path<String>) -> 
     }
     if state.fail_rate > 0.0 && rand::random_bool(state.fail_rate) {
         tracing::debug!(order = %number, "injected failure");
+        state.tally().stats.failed += 1;
         return HttpResponse::InternalServerError()
             .content_type(ContentType::plaintext())
             .body("internal server error");
     }
-    match state.store.order(&number, Instant::now()) {
+    let view = state.store.order(&number, Instant::now());
+    {
+        let mut tally = state.tally();
+        tally.stats.answered += 1;
+        if tally.finalized.contains(number.as_str()) {
+            tally.stats.asked_after_final += 1;
+        } else if view.as_ref().is_some_and(|v| v.status.is_final()) {
+            tally.finalized.insert(number.to_string());
+        }
+    }
+    match view {
         None => {
             tracing::debug!(order = %number, "order not registered");
             HttpResponse::NoContent().finish()

@@ -33,10 +33,24 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 /// # Errors
 /// When the configuration is out of range or the address cannot be bound.
 pub async fn build(config: Config) -> io::Result<(actix_web::dev::Server, SocketAddr)> {
+    build_with_state(config)
+        .await
+        .map(|(server, address, _)| (server, address))
+}
+
+/// As [`build`], also returning the shared state so that an in-process caller can read the
+/// request statistics.
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_with_state(
+    config: Config,
+) -> io::Result<(actix_web::dev::Server, SocketAddr, web::Data<AppState>)> {
     config
         .validate()
         .map_err(|message| io::Error::new(io::ErrorKind::InvalidInput, message))?;
     let state = web::Data::new(AppState::new(&config));
+    let shared = state.clone();
     let listener = TcpListener::bind(config.address)?;
     let address = listener.local_addr()?;
     let mut server =
@@ -46,7 +60,7 @@ pub async fn build(config: Config) -> io::Result<(actix_web::dev::Server, Socket
         server = server.workers(workers.get());
     }
     let server = server.listen(listener)?.run();
-    Ok((server, address))
+    Ok((server, address, shared))
 }
 
 /// A server running in the background of the current Tokio runtime. Dropping it asks the
@@ -55,6 +69,7 @@ pub async fn build(config: Config) -> io::Result<(actix_web::dev::Server, Socket
 pub struct Server {
     address: SocketAddr,
     handle: ServerHandle,
+    state: web::Data<AppState>,
     task: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
@@ -64,14 +79,21 @@ impl Server {
     /// # Errors
     /// As [`build`].
     pub async fn spawn(config: Config) -> io::Result<Self> {
-        let (server, address) = build(config).await?;
+        let (server, address, state) = build_with_state(config).await?;
         let handle = server.handle();
         let task = tokio::spawn(server);
         Ok(Self {
             address,
             handle,
+            state,
             task: Some(task),
         })
+    }
+
+    /// What the order-status endpoint has answered so far.
+    #[must_use]
+    pub fn stats(&self) -> http::RequestStats {
+        self.state.stats()
     }
 
     /// The address the server listens on.

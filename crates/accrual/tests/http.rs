@@ -527,3 +527,36 @@ async fn stopped_server_no_longer_answers() {
     let fresh = reqwest::Client::new();
     assert!(fresh.get(&url).send().await.is_err());
 }
+
+#[tokio::test]
+async fn request_statistics_count_answers_and_questions_after_the_final_status() {
+    let harness = Harness::with_delay(0).await;
+    let registered = harness
+        .post(
+            "/api/orders",
+            &format!(
+                r#"{{"order":"{VALID_NUMBER}","goods":[{{"description":"kettle","price":10}}]}}"#
+            ),
+        )
+        .await;
+    assert_eq!(registered.status(), StatusCode::ACCEPTED);
+
+    harness.get_order("79927398713").await;
+    harness.get_order(VALID_NUMBER).await;
+    harness.get_order(VALID_NUMBER).await;
+    let stats: Value = harness
+        .client
+        .get(harness.url("/api/stats"))
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("json");
+
+    assert_eq!(harness.server.stats().answered, 3);
+    assert_eq!(harness.server.stats().asked_after_final, 1);
+    assert_eq!(stats["answered"], 3);
+    assert_eq!(stats["asked_after_final"], 1);
+    assert_eq!(stats["rate_limited"], 0);
+}
