@@ -3,5 +3,5 @@
 mod password;
 mod token;
 
-pub use password::BcryptHasher;
+pub use password::{default_concurrency, BcryptHasher};
 pub use token::JwtTokens;

@@ -60,6 +60,11 @@ pub struct Config {
     #[arg(long, env = "BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
 
+    /// Password hashes computed at once; further sign-ins wait their turn, so a storm of them
+    /// leaves the other requests a core. Default: one per core but one, at least one.
+    #[arg(long, env = "BCRYPT_CONCURRENCY")]
+    pub bcrypt_concurrency: Option<usize>,
+
     /// Mark the session cookie `Secure` (set when clients reach the service over HTTPS).
     #[arg(long, env = "COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,

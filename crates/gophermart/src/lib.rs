@@ -76,7 +76,13 @@ impl Application {
             tracing::warn!("JWT_SECRET is not set: using a random secret; sessions end with this process and are not shared between instances");
             JwtTokens::random_secret()
         });
-        let hasher = BcryptHasher::new(config.bcrypt_cost).context("bcrypt cost")?;
+        let hasher = BcryptHasher::with_concurrency(
+            config.bcrypt_cost,
+            config
+                .bcrypt_concurrency
+                .unwrap_or_else(adapters_crypto::default_concurrency),
+        )
+        .context("bcrypt cost")?;
         let clock = Arc::new(SystemClock);
         let state = AppState {
             users: Arc::new(store.clone()),
