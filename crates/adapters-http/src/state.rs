@@ -6,6 +6,7 @@ use application::ports::{
     clock::Clock, ledger::LedgerRepository, orders::OrderRepository, security::PasswordHasher,
     security::TokenService, users::UserRepository,
 };
+use application::use_cases::LoginThrottle;
 
 /// The handlers' shared state.
 #[derive(Clone)]
@@ -16,6 +17,8 @@ pub struct AppState {
     pub hasher: Arc<dyn PasswordHasher>,
     pub tokens: Arc<dyn TokenService>,
     pub clock: Arc<dyn Clock>,
+    /// Refuses sign-ins after too many failures.
+    pub throttle: Arc<LoginThrottle>,
     /// How long an issued token stays valid (also the cookie's `Max-Age`).
     pub token_lifetime: Duration,
     /// Whether the session cookie carries the `Secure` flag (set when served over TLS).

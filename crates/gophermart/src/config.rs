@@ -65,6 +65,18 @@ pub struct Config {
     #[arg(long, env = "BCRYPT_CONCURRENCY")]
     pub bcrypt_concurrency: Option<usize>,
 
+    /// Failed sign-ins allowed for one login within the throttle window (0 = no limit).
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_LOGIN", default_value_t = 10)]
+    pub login_max_failures_per_login: u32,
+
+    /// Failed sign-ins allowed from one client address within the throttle window (0 = no limit).
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 50)]
+    pub login_max_failures_per_address: u32,
+
+    /// The sign-in throttle window, in seconds, counted from the first failure.
+    #[arg(long, env = "LOGIN_THROTTLE_WINDOW_SECONDS", default_value_t = 300)]
+    pub login_throttle_window_seconds: u64,
+
     /// Mark the session cookie `Secure` (set when clients reach the service over HTTPS).
     #[arg(long, env = "COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,

@@ -15,6 +15,7 @@ use adapters_postgres::{listen_for_queued_orders, run_migrations, PgPoolConfig, 
 use anyhow::Context;
 use application::{
     ports::clock::SystemClock,
+    use_cases::{LoginThrottle, ThrottleConfig},
     worker::{AccrualWorker, WorkerConfig},
 };
 use secrecy::ExposeSecret;
@@ -91,6 +92,11 @@ impl Application {
             hasher: Arc::new(hasher),
             tokens: Arc::new(JwtTokens::new(&secret, config.token_ttl())),
             clock: clock.clone(),
+            throttle: Arc::new(LoginThrottle::new(ThrottleConfig {
+                max_failures_per_login: config.login_max_failures_per_login,
+                max_failures_per_address: config.login_max_failures_per_address,
+                window: Duration::from_secs(config.login_throttle_window_seconds),
+            })),
             token_lifetime: config.token_ttl(),
             secure_cookie: config.cookie_secure,
         };

@@ -1,6 +1,9 @@
 //! `POST /api/user/register` and `POST /api/user/login`.
 
-use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
+use actix_web::{
+    http::{header, StatusCode},
+    web, HttpRequest, HttpResponse, ResponseError,
+};
 use application::{
     ports::security::HashingError,
     use_cases::{self, LogInError, RegisterError},
@@ -81,6 +84,7 @@ impl ResponseError for LogInHandlerError {
         match self {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::UseCase(LogInError::InvalidCredentials) => StatusCode::UNAUTHORIZED,
+            Self::UseCase(LogInError::Throttled { .. }) => StatusCode::TOO_MANY_REQUESTS,
             Self::UseCase(LogInError::Hashing(e)) => hashing_status(e),
             Self::UseCase(LogInError::Repository(e)) => repository_status(e),
         }
@@ -89,7 +93,14 @@ impl ResponseError for LogInHandlerError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let detail = status.is_client_error().then(|| self.to_string());
-        problem(status, detail)
+        let mut response = problem(status, detail);
+        if let Self::UseCase(LogInError::Throttled { retry_after }) = self {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            if let Ok(value) = header::HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 
@@ -123,6 +134,7 @@ pub async fn register(
 #[tracing::instrument(name = "login", skip_all)]
 pub async fn log_in(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<CredentialsBody>,
 ) -> Result<HttpResponse, LogInHandlerError> {
     let (login, password) = body
@@ -133,6 +145,8 @@ pub async fn log_in(
         state.users.as_ref(),
         state.hasher.as_ref(),
         state.tokens.as_ref(),
+        &state.throttle,
+        req.peer_addr().map(|a| a.ip()),
         &login,
         &password,
     )

@@ -1,6 +1,10 @@
 //! Registering and signing in.
 
+use std::net::IpAddr;
+
 use domain::{Login, Password};
+
+use super::LoginThrottle;
 
 use crate::ports::{
     security::{HashingError, PasswordHasher, Token, TokenService},
@@ -24,6 +28,8 @@ pub enum RegisterError {
 pub enum LogInError {
     #[error("wrong login or password")]
     InvalidCredentials,
+    #[error("too many failed sign-ins; try again in {} s", retry_after.as_secs().max(1))]
+    Throttled { retry_after: std::time::Duration },
     #[error(transparent)]
     Hashing(#[from] HashingError),
     #[error(transparent)]
@@ -51,25 +57,39 @@ pub async fn register(
     Ok(tokens.issue(user)?)
 }
 
-/// Signs a customer in. An unknown login costs the same hashing time as a wrong password.
+/// Signs a customer in. An unknown login costs the same hashing time as a wrong password;
+/// too many failures for one login or from one address are refused before any hashing.
 ///
 /// # Errors
-/// [`LogInError::InvalidCredentials`] for an unknown login or a wrong password.
+/// [`LogInError::InvalidCredentials`] for an unknown login or a wrong password,
+/// [`LogInError::Throttled`] while the throttle refuses attempts.
 #[tracing::instrument(skip_all, fields(login = %login))]
 pub async fn log_in(
     users: &dyn UserRepository,
     hasher: &dyn PasswordHasher,
     tokens: &dyn TokenService,
+    throttle: &LoginThrottle,
+    client: Option<IpAddr>,
     login: &Login,
     password: &Password,
 ) -> Result<Token, LogInError> {
+    throttle
+        .check(login.as_str(), client)
+        .map_err(|retry_after| LogInError::Throttled { retry_after })?;
     let stored = users.find_by_login(login).await?;
     let matches = hasher
         .verify(password, stored.as_ref().map(|s| s.password_hash.clone()))
         .await?;
     match stored {
-        Some(user) if matches => Ok(tokens.issue(user.id)?),
-        _ => Err(LogInError::InvalidCredentials),
+        Some(user) if matches => {
+            throttle.record_success(login.as_str());
+            Ok(tokens.issue(user.id)?)
+        }
+        _ => {
+            throttle.record_failure(login.as_str(), client);
+            tracing::info!(client = ?client, "failed sign-in");
+            Err(LogInError::InvalidCredentials)
+        }
     }
 }
 
@@ -90,6 +110,14 @@ mod tests {
 
     fn password() -> Password {
         Password::parse("secret").expect("valid")
+    }
+
+    fn no_throttle() -> LoginThrottle {
+        LoginThrottle::new(super::super::ThrottleConfig {
+            max_failures_per_login: 0,
+            max_failures_per_address: 0,
+            window: std::time::Duration::from_secs(60),
+        })
     }
 
     fn hash() -> PasswordHash {
@@ -169,7 +197,16 @@ mod tests {
             .withf(|_, h| h == &Some(hash()))
             .returning(|_, _| Ok(true));
 
-        let token = log_in(&users, &hasher, &issuing_tokens(), &login(), &password()).await;
+        let token = log_in(
+            &users,
+            &hasher,
+            &issuing_tokens(),
+            &no_throttle(),
+            None,
+            &login(),
+            &password(),
+        )
+        .await;
 
         assert_eq!(token.expect("signed in"), Token("token-3".into()));
     }
@@ -188,7 +225,16 @@ mod tests {
         let mut tokens = MockTokenService::new();
         tokens.expect_issue().never();
 
-        let result = log_in(&users, &hasher, &tokens, &login(), &password()).await;
+        let result = log_in(
+            &users,
+            &hasher,
+            &tokens,
+            &no_throttle(),
+            None,
+            &login(),
+            &password(),
+        )
+        .await;
 
         assert!(matches!(result, Err(LogInError::InvalidCredentials)));
     }
@@ -206,8 +252,60 @@ mod tests {
         let mut tokens = MockTokenService::new();
         tokens.expect_issue().never();
 
-        let result = log_in(&users, &hasher, &tokens, &login(), &password()).await;
+        let result = log_in(
+            &users,
+            &hasher,
+            &tokens,
+            &no_throttle(),
+            None,
+            &login(),
+            &password(),
+        )
+        .await;
 
         assert!(matches!(result, Err(LogInError::InvalidCredentials)));
+    }
+
+    #[tokio::test]
+    async fn log_in_is_refused_without_hashing_once_a_login_is_throttled() {
+        let throttle = LoginThrottle::new(super::super::ThrottleConfig {
+            max_failures_per_login: 2,
+            max_failures_per_address: 0,
+            window: std::time::Duration::from_secs(60),
+        });
+        let mut users = MockUserRepository::new();
+        users
+            .expect_find_by_login()
+            .times(2)
+            .returning(|_| Ok(None));
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_verify().times(2).returning(|_, _| Ok(false));
+        let tokens = MockTokenService::new();
+
+        for _ in 0..2 {
+            let result = log_in(
+                &users,
+                &hasher,
+                &tokens,
+                &throttle,
+                None,
+                &login(),
+                &password(),
+            )
+            .await;
+            assert!(matches!(result, Err(LogInError::InvalidCredentials)));
+        }
+        let third = log_in(
+            &users,
+            &hasher,
+            &tokens,
+            &throttle,
+            None,
+            &login(),
+            &password(),
+        )
+        .await;
+
+        assert!(matches!(third, Err(LogInError::Throttled { .. })));
     }
 }

@@ -3,7 +3,9 @@
 mod accounts;
 mod ledger;
 mod orders;
+mod throttle;
 
 pub use accounts::{log_in, register, LogInError, RegisterError};
 pub use ledger::{balance, withdraw, withdrawals, WithdrawError, Withdrawn};
 pub use orders::{list_orders, upload_order, UploadOrderError, Uploaded};
+pub use throttle::{LoginThrottle, ThrottleConfig};
