@@ -4,13 +4,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run build test check-tools fmt fmt-check lint unit-tests clean-db help
+.PHONY: run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos
 
 help:
 	@echo "make run    - PostgreSQL (throwaway unless DATABASE_URI is set), accrual on :8081, gophermart on :8080"
 	@echo "make test   - formatting, clippy -D warnings and every test"
 	@echo "make lint   - clippy with warnings as errors"
 	@echo "make fmt    - format the code"
+	@echo "make chaos  - three instances, accrual faults and SIGKILLs for CHAOS_SECONDS (180), then the ledger audit"
 
 build:
 	$(CARGO) build --release --bins
@@ -38,3 +39,10 @@ unit-tests:
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast
 
 test: check-tools fmt-check lint unit-tests
+
+# The long chaos run; `make test` runs a 15-second version of the same test.
+CHAOS_SECONDS ?= 180
+CHAOS_RATE_LIMIT ?= 600
+chaos:
+	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_RATE_LIMIT=$(CHAOS_RATE_LIMIT) scripts/with-postgres.sh \
+		$(CARGO) test --release -p gophermart --test chaos -- --nocapture

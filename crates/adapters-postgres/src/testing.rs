@@ -204,3 +204,138 @@ impl Drop for TestDatabase {
         }
     }
 }
+
+/// What the ledger looks like, checked against the rules that must hold whatever happened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerAudit {
+    /// Orders stored.
+    pub orders: i64,
+    /// Orders not in a final status.
+    pub unfinished_orders: i64,
+    /// Queue entries left.
+    pub queue_entries: i64,
+    /// Withdrawals stored.
+    pub withdrawals: i64,
+    /// Accounts whose `balance + withdrawn` differs from the accruals of their processed
+    /// orders, with both sides.
+    pub unbalanced_accounts: Vec<(i64, String, String)>,
+    /// Accounts whose `withdrawn` differs from the sum of their withdrawals.
+    pub withdrawn_mismatches: Vec<i64>,
+    /// Accounts with a negative balance.
+    pub negative_balances: i64,
+}
+
+impl LedgerAudit {
+    /// Reads the audit from a database.
+    ///
+    /// # Panics
+    /// When the database cannot be read; this is test code.
+    pub async fn read(url: &str) -> Self {
+        #[derive(diesel::QueryableByName)]
+        struct Unbalanced {
+            #[diesel(sql_type = diesel::sql_types::Int8)]
+            user_id: i64,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            held: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            earned: String,
+        }
+        #[derive(diesel::QueryableByName)]
+        struct User {
+            #[diesel(sql_type = diesel::sql_types::Int8)]
+            user_id: i64,
+        }
+        let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+        let orders = count(&mut conn, "SELECT count(*) AS count FROM orders").await;
+        let unfinished_orders = count(
+            &mut conn,
+            "SELECT count(*) AS count FROM orders WHERE status NOT IN ('PROCESSED', 'INVALID')",
+        )
+        .await;
+        let queue_entries = count(&mut conn, "SELECT count(*) AS count FROM accrual_queue").await;
+        let withdrawals = count(&mut conn, "SELECT count(*) AS count FROM withdrawals").await;
+        let negative_balances = count(
+            &mut conn,
+            "SELECT count(*) AS count FROM accounts WHERE balance < 0",
+        )
+        .await;
+        let unbalanced: Vec<Unbalanced> = diesel::sql_query(
+            "SELECT a.user_id, (a.balance + a.withdrawn)::text AS held,
+                    COALESCE(sum(o.accrual) FILTER (WHERE o.status = 'PROCESSED'), 0)::text AS earned
+             FROM accounts a LEFT JOIN orders o ON o.user_id = a.user_id
+             GROUP BY a.user_id, a.balance, a.withdrawn
+             HAVING a.balance + a.withdrawn
+                 <> COALESCE(sum(o.accrual) FILTER (WHERE o.status = 'PROCESSED'), 0)",
+        )
+        .load(&mut conn)
+        .await
+        .expect("unbalanced");
+        let withdrawn: Vec<User> = diesel::sql_query(
+            "SELECT a.user_id FROM accounts a LEFT JOIN withdrawals w ON w.user_id = a.user_id
+             GROUP BY a.user_id, a.withdrawn
+             HAVING a.withdrawn <> COALESCE(sum(w.sum), 0)",
+        )
+        .load(&mut conn)
+        .await
+        .expect("withdrawn");
+        Self {
+            orders,
+            unfinished_orders,
+            queue_entries,
+            withdrawals,
+            unbalanced_accounts: unbalanced
+                .into_iter()
+                .map(|u| (u.user_id, u.held, u.earned))
+                .collect(),
+            withdrawn_mismatches: withdrawn.into_iter().map(|u| u.user_id).collect(),
+            negative_balances,
+        }
+    }
+
+    /// Whether every rule holds and nothing is left to do.
+    #[must_use]
+    pub fn is_clean(&self) -> bool {
+        self.unfinished_orders == 0
+            && self.queue_entries == 0
+            && self.unbalanced_accounts.is_empty()
+            && self.withdrawn_mismatches.is_empty()
+            && self.negative_balances == 0
+    }
+
+    /// The numbers of all orders and withdrawals, to compare with what clients were told.
+    ///
+    /// # Panics
+    /// When the database cannot be read; this is test code.
+    pub async fn numbers(url: &str) -> (Vec<String>, Vec<String>) {
+        #[derive(diesel::QueryableByName)]
+        struct Number {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            number: String,
+        }
+        let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+        let orders: Vec<Number> = diesel::sql_query("SELECT number FROM orders ORDER BY number")
+            .load(&mut conn)
+            .await
+            .expect("orders");
+        let withdrawals: Vec<Number> = diesel::sql_query(
+            "SELECT order_number AS number FROM withdrawals ORDER BY order_number",
+        )
+        .load(&mut conn)
+        .await
+        .expect("withdrawals");
+        (
+            orders.into_iter().map(|n| n.number).collect(),
+            withdrawals.into_iter().map(|n| n.number).collect(),
+        )
+    }
+}
+
+async fn count(conn: &mut AsyncPgConnection, sql: &'static str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::Int8)]
+        count: i64,
+    }
+    let rows: Vec<Count> = diesel::sql_query(sql).load(conn).await.expect(sql);
+    rows.into_iter().next().map_or(0, |c| c.count)
+}

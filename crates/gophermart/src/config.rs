@@ -194,6 +194,24 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_lease_shorter_than_the_request_timeout_is_refused_at_start() {
+        let config = parse(&[
+            "-d",
+            "postgres://127.0.0.1:9/none",
+            "--accrual-lease-ms",
+            "1000",
+            "--accrual-request-timeout-ms",
+            "1000",
+        ]);
+
+        let error = crate::Application::build(config)
+            .await
+            .expect_err("refused");
+
+        assert!(error.to_string().contains("ACCRUAL_LEASE_MS"), "{error}");
+    }
+
     #[test]
     fn the_bcrypt_cost_is_bounded() {
         assert!(Config::try_parse_from(["gophermart", "-d", "x", "--bcrypt-cost", "3"]).is_err());

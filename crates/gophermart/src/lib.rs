@@ -60,6 +60,13 @@ impl Application {
     /// # Errors
     /// When the database cannot be migrated, an address cannot be bound, or a setting is unusable.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if config.accrual_lease_ms <= config.accrual_request_timeout_ms {
+            anyhow::bail!(
+                "ACCRUAL_LEASE_MS ({}) must exceed ACCRUAL_REQUEST_TIMEOUT_MS ({}): a lease that ends during a request lets another worker ask about the same order",
+                config.accrual_lease_ms,
+                config.accrual_request_timeout_ms
+            );
+        }
         let database_url = config.database_uri.expose_secret().to_owned();
         let applied = run_migrations(&database_url)
             .await

@@ -2,258 +2,20 @@
 //! restarts after SIGKILL, several instances on one database, and the accrual system's rate
 //! limit. Every order must be credited exactly once.
 
+mod support;
+
 use std::{
-    net::{SocketAddr, TcpListener},
-    process::{Child, Command, Stdio},
-    str::FromStr,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use adapters_postgres::testing::TestDatabase;
 use rust_decimal::Decimal;
-use serde_json::{json, Value};
 
-const SECRET: &str = "end-to-end-secret";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A Gophermart process started from the built binary.
-struct Instance {
-    child: Child,
-    base: String,
-}
-
-impl Instance {
-    fn start(db: &TestDatabase, accrual: &str, extra: &[&str]) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_gophermart"))
-            .args([
-                "-a",
-                &format!("127.0.0.1:{port}"),
-                "-d",
-                db.url(),
-                "-r",
-                accrual,
-            ])
-            .args([
-                "--jwt-secret",
-                SECRET,
-                "--bcrypt-cost",
-                "4",
-                "--http-workers",
-                "1",
-            ])
-            .args([
-                "--database-pool-size",
-                "4",
-                "--accrual-recheck-delay-ms",
-                "50",
-            ])
-            .args([
-                "--accrual-backoff-cap-ms",
-                "300",
-                "--accrual-lease-ms",
-                "1500",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("gophermart starts");
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(response) = client.get(format!("{}/readyz", self.base)).send().await {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("gophermart at {} not ready", self.base);
-    }
-
-    fn kill(&mut self) {
-        // SIGKILL: no shutdown of any kind.
-        self.child.kill().expect("killed");
-        self.child.wait().expect("reaped");
-    }
-
-    fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = self.child.wait().expect("reaped");
-        assert!(status.success(), "graceful stop exits 0, got {status}");
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn register(client: &reqwest::Client, base: &str, login: &str) -> String {
-    let response = client
-        .post(format!("{base}/api/user/register"))
-        .json(&json!({"login": login, "password": "password"}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
-    response
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .expect("token")
-        .to_owned()
-}
-
-async fn upload(client: &reqwest::Client, base: &str, token: &str, number: &str) -> u16 {
-    client
-        .post(format!("{base}/api/user/orders"))
-        .bearer_auth(token)
-        .header("content-type", "text/plain")
-        .body(number.to_owned())
-        .send()
-        .await
-        .expect("sent")
-        .status()
-        .as_u16()
-}
-
-async fn orders(client: &reqwest::Client, base: &str, token: &str) -> Vec<Value> {
-    let response = client
-        .get(format!("{base}/api/user/orders"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sent");
-    if response.status() == 204 {
-        return Vec::new();
-    }
-    response.json().await.expect("json")
-}
-
-async fn balance(client: &reqwest::Client, base: &str, token: &str) -> (Decimal, Decimal) {
-    let body: Value = client
-        .get(format!("{base}/api/user/balance"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    let read = |v: &Value| Decimal::from_str(&v.to_string()).expect("decimal");
-    (read(&body["current"]), read(&body["withdrawn"]))
-}
-
-/// Waits until every listed order of the user is final; returns the orders.
-async fn wait_all_final(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    count: usize,
-    timeout: Duration,
-) -> Vec<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let listed = orders(client, base, token).await;
-        let done = listed
-            .iter()
-            .filter(|o| o["status"] == "PROCESSED" || o["status"] == "INVALID")
-            .count();
-        if listed.len() == count && done == count {
-            return listed;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} of {count} orders final: {listed:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn start_accrual(
-    address: SocketAddr,
-    configure: impl FnOnce(&mut accrual::Config),
-) -> accrual::Server {
-    let mut config = accrual::Config::ephemeral();
-    config.address = address;
-    config.processing_delay_ms = 0;
-    configure(&mut config);
-    // The port was just released by an earlier server; retry briefly while it is reused.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match accrual::Server::spawn(config.clone()).await {
-            Ok(server) => return server,
-            Err(error) if Instant::now() < deadline => {
-                eprintln!("accrual not started yet: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("accrual system: {error}"),
-        }
-    }
-}
-
-/// Registers a `pt` rule "Gift" and orders with one gift each, worth `points(i)`.
-async fn register_purchases(
-    client: &reqwest::Client,
-    accrual: &str,
-    numbers: &[String],
-    points: &dyn Fn(usize) -> Decimal,
-) {
-    for (i, number) in numbers.iter().enumerate() {
-        // One rule per order keeps each order's accrual distinct and exact.
-        let rule = client
-            .post(format!("{accrual}/api/goods"))
-            .json(&json!({"match": format!("Gift#{i}#"), "reward": serde_json::Number::from_str(&points(i).to_string()).expect("number"), "reward_type": "pt"}))
-            .send()
-            .await
-            .expect("sent");
-        assert!(
-            rule.status() == 200 || rule.status() == 409,
-            "rule: {}",
-            rule.status()
-        );
-        let order = client
-            .post(format!("{accrual}/api/orders"))
-            .json(&json!({"order": number, "goods": [{"description": format!("Gift#{i}# box"), "price": 1}]}))
-            .send()
-            .await
-            .expect("sent");
-        assert_eq!(order.status(), 202);
-    }
-}
-
-fn numbers(count: usize, seed: u64) -> Vec<String> {
-    (0..count as u64)
-        .map(|i| domain::with_check_digit(&(seed + i).to_string()))
-        .collect()
-}
-
-fn points(i: usize) -> Decimal {
-    Decimal::new(1000 + i64::try_from(i).expect("small") * 101, 2)
-}
-
-fn total(count: usize) -> Decimal {
-    (0..count).map(points).sum()
-}
+use support::{
+    balance, free_port, numbers, points, register, register_purchases, start_accrual, total,
+    upload, wait_all_final, Instance,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orders_survive_sigkill_and_are_credited_exactly_once_after_restart() {
@@ -276,12 +38,12 @@ async fn orders_survive_sigkill_and_are_credited_exactly_once_after_restart() {
         assert_eq!(upload(&client, &first.base, &token, number).await, 202);
     }
     // The accrual system comes up slow, so that requests are in flight when the kill comes.
-    let slow = start_accrual(accrual_address, |c| c.latency_ms = 1_000).await;
+    let slow = start_accrual(accrual_address, |c| c.latency_ms = 700).await;
     register_purchases(&client, &accrual_url, &all, &points).await;
     for number in &in_flight {
         assert_eq!(upload(&client, &first.base, &token, number).await, 202);
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     first.kill();
     slow.stop().await.expect("slow accrual stops");
 
@@ -409,6 +171,8 @@ async fn the_rate_limit_pauses_every_request_and_all_orders_finish() {
     // pause holds every request back.
     assert!(stats.rate_limited <= 4, "{stats:?}");
     assert!(stats.answered >= all.len() as u64, "{stats:?}");
+    // No entry waited at the gate until its lease ran out and was asked about twice.
+    assert_eq!(stats.asked_after_final, 0, "{stats:?}");
     eprintln!(
         "rate-limited run: {} orders in {elapsed:?}, {stats:?}",
         all.len()

@@ -86,25 +86,46 @@ impl RateGate {
         self.lock().paused_until.is_some_and(|t| t > Instant::now())
     }
 
+    /// Whether requests are being spaced under an advertised limit.
+    #[must_use]
+    pub fn is_paced(&self) -> bool {
+        self.lock().interval.is_some()
+    }
+
+    /// When the next request may be sent; `None` means now.
+    #[must_use]
+    pub fn ready_at(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let state = self.lock();
+        let paused = state.paused_until.filter(|t| *t > now);
+        let slot = state.next_slot.filter(|t| *t > now);
+        paused.max(slot)
+    }
+
+    /// Takes the slot of a request if one may be sent now.
+    ///
+    /// # Errors
+    /// The time when one may be sent.
+    pub fn try_acquire(&self) -> Result<(), Instant> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let paused = state.paused_until.filter(|t| *t > now);
+        let slot = state.next_slot.filter(|t| *t > now);
+        match paused.max(slot) {
+            Some(until) => Err(until),
+            None => {
+                if let Some(interval) = state.interval {
+                    state.next_slot = Some(now + interval);
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Waits until a request may be sent, and takes its slot.
     pub async fn acquire(&self) {
-        loop {
-            let wait_until = {
-                let now = Instant::now();
-                let mut state = self.lock();
-                let paused = state.paused_until.filter(|t| *t > now);
-                let slot = state.next_slot.filter(|t| *t > now);
-                match paused.max(slot) {
-                    None => {
-                        if let Some(interval) = state.interval {
-                            state.next_slot = Some(now + interval);
-                        }
-                        return;
-                    }
-                    Some(until) => until,
-                }
-            };
-            tokio::time::sleep_until(wait_until).await;
+        while let Err(until) = self.try_acquire() {
+            tokio::time::sleep_until(until).await;
         }
     }
 }
@@ -164,6 +185,23 @@ mod tests {
         let elapsed = start.elapsed();
         assert!(elapsed >= Duration::from_millis(10_200), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(10_300), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_acquire_tells_when_the_gate_opens_without_taking_a_slot() {
+        let gate = RateGate::new();
+        gate.pace(60);
+        assert_eq!(gate.try_acquire(), Ok(()));
+
+        let opens = gate
+            .try_acquire()
+            .expect_err("the next slot is a second away");
+
+        assert_eq!(opens - Instant::now(), Duration::from_millis(1020));
+        assert_eq!(gate.ready_at(), Some(opens));
+        tokio::time::advance(Duration::from_millis(1020)).await;
+        assert_eq!(gate.ready_at(), None);
+        assert_eq!(gate.try_acquire(), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -133,12 +133,26 @@ impl AccrualWorker {
                 break;
             }
             let free = concurrency.saturating_sub(in_flight.len());
+            if free > 0 {
+                // Claim nothing while the gate is closed: a claimed entry would only wait with
+                // its lease running.
+                if let Some(opens) = self.gate.ready_at() {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep_until(opens) => {}
+                    }
+                    continue;
+                }
+            }
+            let paced = self.gate.is_paced();
             let mut claimed = 0;
             if free > 0 {
+                // Under a pace, one request per slot: claim one entry at a time.
+                let batch = if paced { 1 } else { free };
                 match self
                     .queue
                     .claim(
-                        u32::try_from(free).unwrap_or(u32::MAX),
+                        u32::try_from(batch).unwrap_or(u32::MAX),
                         self.clock.now(),
                         self.config.lease,
                     )
@@ -157,11 +171,14 @@ impl AccrualWorker {
                     }
                 }
             }
-            if claimed > 0 && claimed == free {
-                // There may be more due work: go round as soon as a request finishes.
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    _ = in_flight.join_next() => {}
+            if claimed > 0 && (paced || claimed == free) {
+                // There may be more due work: go round for the next slot, or as soon as a
+                // request finishes when all are in flight.
+                if !paced {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = in_flight.join_next() => {}
+                    }
                 }
                 continue;
             }
@@ -188,16 +205,36 @@ impl AccrualWorker {
         }
     }
 
-    /// Asks about one claimed entry and applies the answer.
+    /// Asks about one claimed entry and applies the answer. An entry that meets a closed gate
+    /// waits only if the gate opens well within its lease; otherwise it goes back to the queue,
+    /// due when the gate opens, so that no lease runs out while its holder waits.
     pub async fn handle(&self, entry: QueueEntry, stop: CancellationToken) {
-        tokio::select! {
-            () = stop.cancelled() => {
-                if let Err(error) = self.queue.release(std::slice::from_ref(&entry.order)).await {
-                    tracing::warn!(order = %entry.order, error = %error, "could not release an entry on shutdown");
+        loop {
+            let opens = match self.gate.try_acquire() {
+                Ok(()) => break,
+                Err(opens) => opens,
+            };
+            let wait = opens.saturating_duration_since(tokio::time::Instant::now());
+            if wait > self.config.lease / 2 {
+                let due = after(self.clock.now(), wait);
+                if let Err(error) = self
+                    .queue
+                    .retry_later(&entry.order, due, RetryReason::RateLimited)
+                    .await
+                {
+                    tracing::warn!(order = %entry.order, error = %error, "could not put an entry back");
                 }
                 return;
             }
-            () = self.gate.acquire() => {}
+            tokio::select! {
+                () = stop.cancelled() => {
+                    if let Err(error) = self.queue.release(std::slice::from_ref(&entry.order)).await {
+                        tracing::warn!(order = %entry.order, error = %error, "could not release an entry on shutdown");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep_until(opens) => {}
+            }
         }
         let answer = self.client.order(&entry.order).await;
         let now = self.clock.now();

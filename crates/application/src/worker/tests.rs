@@ -268,8 +268,28 @@ fn backoff_doubles_per_attempt_up_to_the_cap() {
     assert_eq!(backoff(&config, u32::MAX, 1.0), Duration::from_secs(60));
 }
 
-#[tokio::test]
-async fn an_entry_waiting_at_the_gate_is_released_on_shutdown() {
+#[tokio::test(start_paused = true)]
+async fn an_entry_meeting_a_long_pause_goes_back_to_the_queue_unasked() {
+    let mut queue = MockAccrualQueue::new();
+    queue
+        .expect_retry_later()
+        .with(
+            eq(order()),
+            eq(now() + chrono::Duration::seconds(3600)),
+            eq(RetryReason::RateLimited),
+        )
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    let mut client = MockAccrualClient::new();
+    client.expect_order().never();
+    let worker = worker(queue, Arc::new(client));
+    worker.gate().pause_for(Duration::from_secs(3600));
+
+    worker.handle(entry(0), CancellationToken::new()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_waiting_briefly_at_the_gate_is_released_on_shutdown() {
     let mut queue = MockAccrualQueue::new();
     queue
         .expect_release()
@@ -279,11 +299,30 @@ async fn an_entry_waiting_at_the_gate_is_released_on_shutdown() {
     let mut client = MockAccrualClient::new();
     client.expect_order().never();
     let worker = worker(queue, Arc::new(client));
-    worker.gate().pause_for(Duration::from_secs(3600));
+    worker.gate().pause_for(Duration::from_secs(5));
     let stop = CancellationToken::new();
     stop.cancel();
 
     worker.handle(entry(0), stop).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_meeting_a_short_pause_waits_for_it_and_is_asked() {
+    let mut queue = MockAccrualQueue::new();
+    queue.expect_finish().times(1).returning(|_, _| Ok(true));
+    let worker = worker(
+        queue,
+        client_answering(Ok(AccrualAnswer::Known {
+            status: AccrualStatus::Invalid,
+            accrual: None,
+        })),
+    );
+    worker.gate().pause_for(Duration::from_secs(5));
+    let start = tokio::time::Instant::now();
+
+    worker.handle(entry(0), CancellationToken::new()).await;
+
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
 }
 
 #[tokio::test]
