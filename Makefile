@@ -4,13 +4,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos
+.PHONY: run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-if-available bench
 
 help:
 	@echo "make run    - PostgreSQL (throwaway unless DATABASE_URI is set), accrual on :8081, gophermart on :8080"
 	@echo "make test   - formatting, clippy -D warnings and every test"
 	@echo "make lint   - clippy with warnings as errors"
 	@echo "make fmt    - format the code"
+	@echo "make test-browser - the Swagger UI page in headless Chromium (installs it when root)"
 	@echo "make chaos  - three instances, accrual faults and SIGKILLs for CHAOS_SECONDS (180), then the ledger audit"
 
 build:
@@ -38,7 +39,19 @@ lint:
 unit-tests:
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast
 
-test: check-tools fmt-check lint unit-tests
+test: check-tools fmt-check lint unit-tests test-browser-if-available
+
+# The API page in headless Chromium, refreshing docs/screenshots/swagger-ui.png; `make test`
+# runs it, with its screenshot in /tmp, when Chromium and Node.js are present.
+test-browser:
+	scripts/test-browser.sh
+
+test-browser-if-available:
+	@if command -v chromium >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then \
+		SCREENSHOT=/tmp/gophermart-swagger-ui.png scripts/test-browser.sh; \
+	else \
+		echo "test-browser: skipped (needs chromium and node; run 'make test-browser' to install Chromium)"; \
+	fi
 
 # The long chaos run; `make test` runs a 15-second version of the same test.
 CHAOS_SECONDS ?= 180
@@ -46,3 +59,9 @@ CHAOS_RATE_LIMIT ?= 600
 chaos:
 	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_RATE_LIMIT=$(CHAOS_RATE_LIMIT) scripts/with-postgres.sh \
 		$(CARGO) test --release -p gophermart --test chaos -- --nocapture
+
+# Benchmarks, minutes long and not part of `make test`: a throwaway PostgreSQL, our accrual
+# system, Gophermart in release mode, wrk, pgbench and crates/loadgen. Results in target/bench/;
+# docs/benchmarks.md explains them and keeps the latest.
+bench:
+	bench/bench.sh

@@ -1,14 +1,23 @@
 //! Gophermart's HTTP API on actix-web: the customer endpoints under `/api/user`, their
-//! authentication, and the translation of every outcome into a status code and a JSON body.
-//! HTTP status codes exist only in this crate.
+//! authentication, and the translation of every outcome into a status code and a JSON body;
+//! the operational endpoints (health, readiness, Prometheus metrics); and the OpenAPI
+//! description generated from the handlers. HTTP status codes exist only in this crate.
 
 mod auth;
+mod metrics;
+pub mod openapi;
+mod ops;
 mod problem;
 mod routes;
 mod server;
 mod state;
 
 pub use auth::{AuthenticatedUser, TOKEN_COOKIE};
+pub use metrics::{Metrics, UNMATCHED_ROUTE};
+pub use ops::{Operations, ServiceStatus};
 pub use problem::PROBLEM_CONTENT_TYPE;
-pub use server::{configure_api, http_server, ServerConfig};
+pub use server::{
+    configure_api, configure_api_description, http_server, ServerConfig, OPENAPI_PATH,
+    SWAGGER_UI_PATH,
+};
 pub use state::AppState;

@@ -10,18 +10,34 @@ use actix_web::{
 };
 use application::RepositoryError;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The media type of error bodies.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
-/// An error body.
-#[derive(Debug, Serialize)]
+/// An error body (RFC 9457). Server errors (5xx) leave `detail` out, except a failed readiness
+/// check, which gives its reason.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "about:blank",
+    "title": "Unprocessable Entity",
+    "status": 422,
+    "detail": "the order number fails the Luhn checksum"
+}))]
 pub struct Problem {
+    /// Always `about:blank`: the status code says what kind of problem it is.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "about:blank")]
     kind: &'static str,
+    /// The status code's reason phrase.
+    #[schema(example = "Unprocessable Entity")]
     title: String,
+    /// The HTTP status code.
+    #[schema(example = 422)]
     status: u16,
+    /// What went wrong, for a person to read.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "the order number fails the Luhn checksum")]
     detail: Option<String>,
 }
 

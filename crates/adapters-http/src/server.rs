@@ -1,4 +1,5 @@
-//! The HTTP server: routes, body limits, compression, request ids and error bodies.
+//! The HTTP server: routes, body limits, compression, request ids, metrics, error bodies, and
+//! the API description with its browsable page.
 
 use std::{net::TcpListener, time::Duration};
 
@@ -9,12 +10,16 @@ use actix_web::{
     web, App, HttpMessage, HttpServer,
 };
 use tracing_actix_web::{RequestId, TracingLogger};
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
-    problem::ensure_problem_body,
-    routes::{accounts, balance, json, orders},
-    AppState,
+    metrics, openapi, ops::Operations, problem::ensure_problem_body, routes::json, AppState,
 };
+
+/// Where the API description is served.
+pub const OPENAPI_PATH: &str = "/api/openapi.json";
+/// Where the browsable API page is served.
+pub const SWAGGER_UI_PATH: &str = "/swagger-ui/";
 
 /// How the server treats connections.
 #[derive(Debug, Clone)]
@@ -37,45 +42,46 @@ impl Default for ServerConfig {
     }
 }
 
-/// Registers the customer endpoints under `/api/user`.
+/// Registers every documented endpoint (the customer API under `/api/user` and the operational
+/// ones) at the method and path its OpenAPI annotation gives, with the body limits.
 pub fn configure_api(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(json::BODY_LIMIT)
-            .content_type_required(false)
             .error_handler(json::json_error),
     )
-    .app_data(web::PayloadConfig::new(json::BODY_LIMIT))
-    .service(
-        web::scope("/api/user")
-            .route("/register", web::post().to(accounts::register))
-            .route("/login", web::post().to(accounts::log_in))
-            .route("/orders", web::post().to(orders::upload))
-            .route("/orders", web::get().to(orders::list))
-            .route("/balance", web::get().to(balance::balance))
-            .route("/balance/withdraw", web::post().to(balance::withdraw))
-            .route("/withdrawals", web::get().to(balance::withdrawals)),
-    );
+    .app_data(web::PayloadConfig::new(json::BODY_LIMIT));
+    openapi::register_endpoints(cfg);
+}
+
+/// Serves the API description at [`OPENAPI_PATH`] and the browsable page at
+/// [`SWAGGER_UI_PATH`] (its assets are built into the binary; `/swagger-ui` redirects there).
+pub fn configure_api_description(cfg: &mut web::ServiceConfig, document: utoipa::openapi::OpenApi) {
+    let bare = SWAGGER_UI_PATH.trim_end_matches('/');
+    cfg.service(web::redirect(bare, SWAGGER_UI_PATH))
+        .service(SwaggerUi::new(format!("{SWAGGER_UI_PATH}{{_:.*}}")).url(OPENAPI_PATH, document));
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Builds the server on already-bound listeners. `extra` registers further routes (health,
-/// metrics, API description) beside the customer API.
+/// Builds the server on already-bound listeners: the customer API on `state`, the operational
+/// endpoints on `operations`, and the API description.
 ///
 /// # Errors
 /// When a listener cannot be used.
-pub fn http_server<F>(
+pub fn http_server(
     state: AppState,
+    operations: Operations,
     listeners: Vec<TcpListener>,
     config: &ServerConfig,
-    extra: F,
-) -> std::io::Result<Server>
-where
-    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
-{
+) -> std::io::Result<Server> {
     let data = web::Data::new(state);
+    let metrics = operations.metrics().clone();
+    let operations = web::Data::new(operations);
+    let document = openapi::openapi();
     let mut server = HttpServer::new(move || {
+        let metrics = metrics.clone();
+        let document = document.clone();
         App::new()
             .wrap(ErrorHandlers::new().default_handler(ensure_problem_body))
             .wrap(Compress::default())
@@ -91,9 +97,11 @@ where
                 }
             })
             .wrap(TracingLogger::default())
+            .wrap_fn(move |req, srv| metrics::record(&metrics, req, srv))
             .app_data(data.clone())
+            .app_data(operations.clone())
             .configure(configure_api)
-            .configure(extra.clone())
+            .configure(|cfg| configure_api_description(cfg, document))
     })
     .disable_signals()
     .shutdown_timeout(config.shutdown_timeout.as_secs())

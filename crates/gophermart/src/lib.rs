@@ -2,7 +2,7 @@
 //! them to the HTTP server and the accrual worker, and stops both cleanly.
 
 pub mod config;
-mod health;
+mod operations;
 pub mod telemetry;
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
@@ -10,7 +10,7 @@ use std::{net::TcpListener, sync::Arc, time::Duration};
 use actix_web::dev::{Server, ServerHandle};
 use adapters_accrual::{normalize_base_url, AccrualClientConfig, HttpAccrualClient};
 use adapters_crypto::{BcryptHasher, JwtTokens};
-use adapters_http::{http_server, AppState, ServerConfig};
+use adapters_http::{http_server, AppState, Metrics, Operations, ServerConfig};
 use adapters_postgres::{listen_for_queued_orders, run_migrations, PgPoolConfig, PgStore};
 use anyhow::Context;
 use application::{
@@ -145,10 +145,17 @@ impl Application {
             workers: config.http_workers,
             ..ServerConfig::default()
         };
-        let health_store = store.clone();
-        let server = http_server(state, listeners, &server_config, move |cfg| {
-            health::configure(cfg, health_store.clone());
-        })?;
+        let metrics = Metrics::new("gophermart").context("setting up the metrics")?;
+        let status = operations::PgServiceStatus::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            worker.stats(),
+            worker.gate(),
+            metrics.registry(),
+        )
+        .context("setting up the metrics")?;
+        let operations = Operations::new(Arc::new(status), metrics);
+        let server = http_server(state, operations, listeners, &server_config)?;
 
         let stop = CancellationToken::new();
         let wake = Arc::new(Notify::new());

@@ -10,17 +10,25 @@ use application::{
 };
 use domain::{Login, Password};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::{
     auth::with_credentials,
-    problem::{log_chain, problem, repository_status},
+    openapi::{Internal, PayloadTooLarge, Unavailable},
+    problem::{log_chain, problem, repository_status, Problem},
+    routes::json::JsonObject,
     AppState,
 };
 
 /// The body of both endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"login": "alice", "password": "correct horse battery staple"}))]
 pub struct CredentialsBody {
+    /// 1 to 128 characters, no control characters, no surrounding whitespace.
+    #[schema(min_length = 1, max_length = 128, example = "alice")]
     login: String,
+    /// 1 to 72 bytes.
+    #[schema(min_length = 1, example = "correct horse battery staple")]
     password: String,
 }
 
@@ -110,13 +118,43 @@ fn hashing_status(error: &HashingError) -> StatusCode {
 }
 
 /// Registers a customer and signs them in.
+#[utoipa::path(
+    post,
+    path = "/api/user/register",
+    tag = "accounts",
+    operation_id = "register",
+    summary = "Register a customer",
+    description = "Creates the customer and signs them in: the answer carries the session token \
+        both in the `Authorization` header and in the `token` cookie.",
+    request_body(
+        content = CredentialsBody,
+        content_type = "application/json",
+        example = json!({"login": "alice", "password": "correct horse battery staple"})
+    ),
+    responses(
+        (status = 200, description = "Registered and signed in.", headers(
+            ("Authorization" = String, description = "`Bearer <token>`: send it back as is."),
+            ("Set-Cookie" = String, description = "`token=<token>; HttpOnly; SameSite=Strict; Path=/; Max-Age=<token lifetime>`")
+        )),
+        (status = 400, description = "Malformed request: not JSON, a field missing, or an unusable login or password.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "the login is empty"})),
+        (status = 409, description = "The login is taken.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Conflict", "status": 409, "detail": "the login is taken"})),
+        (status = 413, response = PayloadTooLarge),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+    security(())
+)]
 #[tracing::instrument(name = "register", skip_all)]
 pub async fn register(
     state: web::Data<AppState>,
-    body: web::Json<CredentialsBody>,
+    body: JsonObject<CredentialsBody>,
 ) -> Result<HttpResponse, RegisterHandlerError> {
     let (login, password) = body
-        .into_inner()
+        .0
         .try_into_domain()
         .map_err(RegisterHandlerError::Malformed)?;
     let token = use_cases::register(
@@ -131,14 +169,50 @@ pub async fn register(
 }
 
 /// Signs a customer in.
+#[utoipa::path(
+    post,
+    path = "/api/user/login",
+    tag = "accounts",
+    operation_id = "login",
+    summary = "Sign in",
+    description = "Checks the login and password and hands out a session token in the \
+        `Authorization` header and the `token` cookie. Repeated failures for one login or from \
+        one address are refused for a while with 429.",
+    request_body(
+        content = CredentialsBody,
+        content_type = "application/json",
+        example = json!({"login": "alice", "password": "correct horse battery staple"})
+    ),
+    responses(
+        (status = 200, description = "Signed in.", headers(
+            ("Authorization" = String, description = "`Bearer <token>`: send it back as is."),
+            ("Set-Cookie" = String, description = "`token=<token>; HttpOnly; SameSite=Strict; Path=/; Max-Age=<token lifetime>`")
+        )),
+        (status = 400, description = "Malformed request.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "Json deserialize error: missing field `password` at line 1 column 17"})),
+        (status = 401, description = "Wrong login or password.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer`")),
+            example = json!({"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "wrong login or password"})),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, description = "Too many failed sign-ins for this login or from this address.",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again.")),
+            example = json!({"type": "about:blank", "title": "Too Many Requests", "status": 429, "detail": "too many failed sign-ins; try again in 300 s"})),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+    security(())
+)]
 #[tracing::instrument(name = "login", skip_all)]
 pub async fn log_in(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<CredentialsBody>,
+    body: JsonObject<CredentialsBody>,
 ) -> Result<HttpResponse, LogInHandlerError> {
     let (login, password) = body
-        .into_inner()
+        .0
         .try_into_domain()
         .map_err(LogInHandlerError::Malformed)?;
     let token = use_cases::log_in(

@@ -5,26 +5,51 @@ use application::use_cases::{self, WithdrawError};
 use chrono::{DateTime, Utc};
 use domain::{Money, OrderNumber, Withdrawal};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::{
-    problem::{problem, repository_status},
+    metrics::PointsWithdrawn,
+    openapi::{money_schema, Internal, PayloadTooLarge, Unauthorized, Unavailable},
+    problem::{problem, repository_status, Problem},
     routes::{
-        json::{decimal, money, rfc3339},
+        json::{decimal, money, rfc3339, JsonObject},
         orders::ReadError,
     },
     AppState, AuthenticatedUser,
 };
 
 /// The balance.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"current": 500.5, "withdrawn": 42}))]
 pub struct BalanceBody {
+    /// Points that can be spent.
     #[serde(serialize_with = "money")]
+    #[schema(schema_with = money_schema)]
     current: Money,
+    /// Points ever spent.
     #[serde(serialize_with = "money")]
+    #[schema(schema_with = money_schema)]
     withdrawn: Money,
 }
 
 /// Shows the spendable balance and the total ever spent.
+#[utoipa::path(
+    get,
+    path = "/api/user/balance",
+    tag = "balance",
+    operation_id = "balance",
+    summary = "Show the balance",
+    description = "The points the customer can spend, and the total they ever spent. One point \
+        is worth one rouble; amounts are exact JSON numbers with up to two decimal places.",
+    responses(
+        (status = 200, description = "The balance.", body = BalanceBody,
+            example = json!({"current": 500.5, "withdrawn": 42})),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 #[tracing::instrument(name = "balance", skip_all, fields(user_id = %user.0))]
 pub async fn balance(
     state: web::Data<AppState>,
@@ -38,9 +63,14 @@ pub async fn balance(
 }
 
 /// The body of a withdrawal: `{"order": "2377225624", "sum": 751}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"order": "2377225624", "sum": 751}))]
 pub struct WithdrawBody {
+    /// The number of the new order the points pay for (digits, valid Luhn checksum).
+    #[schema(example = "2377225624", pattern = "^[0-9]+$")]
     order: String,
+    /// Points to spend: greater than zero, at most two decimal places.
+    #[schema(schema_with = money_schema)]
     sum: serde_json::Number,
 }
 
@@ -96,13 +126,48 @@ impl ResponseError for WithdrawHandlerError {
 }
 
 /// Spends points on an order.
+#[utoipa::path(
+    post,
+    path = "/api/user/balance/withdraw",
+    tag = "balance",
+    operation_id = "withdraw",
+    summary = "Spend points on an order",
+    description = "Takes `sum` points from the balance to pay for the order numbered `order`. \
+        The withdrawal is complete once answered 200; the balance never goes negative. Sending \
+        the same withdrawal again does not charge twice.",
+    request_body(
+        content = WithdrawBody,
+        content_type = "application/json",
+        example = json!({"order": "2377225624", "sum": 751})
+    ),
+    responses(
+        (status = 200, description = "Done: the points are spent."),
+        (status = 400, description = "Malformed request: not JSON or a field missing.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "Json deserialize error: missing field `sum` at line 1 column 22"})),
+        (status = 401, response = Unauthorized),
+        (status = 402, description = "Not enough points.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Payment Required", "status": 402, "detail": "not enough points"})),
+        (status = 409, description = "The order number was already used for another withdrawal.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Conflict", "status": 409, "detail": "the order number was already used for another withdrawal"})),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "A bad order number, or a sum that is not positive or has more than two decimal places.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Unprocessable Entity", "status": 422, "detail": "the order number fails the Luhn checksum"})),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 #[tracing::instrument(name = "withdraw", skip_all, fields(user_id = %user.0))]
 pub async fn withdraw(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
-    body: web::Json<WithdrawBody>,
+    body: JsonObject<WithdrawBody>,
 ) -> Result<HttpResponse, WithdrawHandlerError> {
-    let (order, sum) = body.into_inner().try_into_domain()?;
+    let (order, sum) = body.0.try_into_domain()?;
     use_cases::withdraw(
         state.ledger.as_ref(),
         state.clock.as_ref(),
@@ -111,15 +176,23 @@ pub async fn withdraw(
         sum,
     )
     .await?;
-    Ok(HttpResponse::Ok().finish())
+    let mut response = HttpResponse::Ok().finish();
+    response.extensions_mut().insert(PointsWithdrawn(sum));
+    Ok(response)
 }
 
 /// A withdrawal in the list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"order": "2377225624", "sum": 500, "processed_at": "2020-12-09T13:09:57Z"}))]
 pub struct WithdrawalItem {
+    /// The order the points paid for.
+    #[schema(example = "2377225624")]
     order: String,
+    /// Points spent.
     #[serde(serialize_with = "money")]
+    #[schema(schema_with = money_schema)]
     sum: Money,
+    /// When the withdrawal was made (RFC 3339).
     #[serde(serialize_with = "rfc3339")]
     processed_at: DateTime<Utc>,
 }
@@ -135,6 +208,26 @@ impl From<Withdrawal> for WithdrawalItem {
 }
 
 /// Lists the user's withdrawals, newest first; 204 when there are none.
+#[utoipa::path(
+    get,
+    path = "/api/user/withdrawals",
+    tag = "balance",
+    operation_id = "list_withdrawals",
+    summary = "List withdrawals",
+    description = "The customer's withdrawals, newest first.",
+    responses(
+        (status = 200, description = "The withdrawals, newest first.", body = [WithdrawalItem],
+            example = json!([
+                {"order": "2377225624", "sum": 500, "processed_at": "2020-12-09T13:09:57Z"},
+                {"order": "79927398713", "sum": 42.5, "processed_at": "2020-12-08T10:00:00Z"}
+            ])),
+        (status = 204, description = "The customer has made no withdrawals."),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 #[tracing::instrument(name = "list_withdrawals", skip_all, fields(user_id = %user.0))]
 pub async fn withdrawals(
     state: web::Data<AppState>,

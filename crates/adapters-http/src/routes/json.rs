@@ -1,16 +1,42 @@
-//! JSON conventions shared by the endpoints: money as exact JSON numbers, RFC 3339 times, and
-//! problem bodies for request bodies that cannot be read.
+//! JSON conventions shared by the endpoints: request bodies that must be JSON objects, money as
+//! exact JSON numbers, RFC 3339 times, and problem bodies for request bodies that cannot be read.
 
-use actix_web::{error::JsonPayloadError, http::StatusCode, HttpRequest};
+use std::{future::Future, pin::Pin};
+
+use actix_web::{
+    dev::Payload, error::JsonPayloadError, http::StatusCode, web, FromRequest, HttpRequest,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::Money;
 use rust_decimal::Decimal;
-use serde::Serializer;
+use serde::{de::DeserializeOwned, Serializer};
+use serde_json::{Map, Value};
 
 use crate::problem::problem;
 
 /// The largest request body accepted, compressed or not.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A request body that must be a JSON object (sent as `application/json`), read into `T`.
+/// serde alone would also fill a struct from a JSON array, by position.
+#[derive(Debug)]
+pub struct JsonObject<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonObject<T> {
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let object = web::Json::<Map<String, Value>>::from_request(req, payload);
+        let req = req.clone();
+        Box::pin(async move {
+            let web::Json(object) = object.await?;
+            serde_json::from_value(Value::Object(object))
+                .map(JsonObject)
+                .map_err(|e| json_error(JsonPayloadError::Deserialize(e), &req))
+        })
+    }
+}
 
 /// Writes money as a JSON number with no superfluous zeros: `500.5`, `42`, `729.98`.
 ///

@@ -11,9 +11,11 @@ use application::{
 use chrono::{DateTime, Utc};
 use domain::{Money, Order, OrderNumber};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::{
-    problem::{problem, repository_status},
+    openapi::{money_schema, Internal, PayloadTooLarge, Unauthorized, Unavailable},
+    problem::{problem, repository_status, Problem},
     routes::json::{optional_money, rfc3339},
     AppState, AuthenticatedUser,
 };
@@ -78,6 +80,40 @@ fn order_number(req: &HttpRequest, body: &[u8]) -> Result<OrderNumber, UploadHan
 }
 
 /// Uploads an order number: 202 when new, 200 when the user had already uploaded it.
+#[utoipa::path(
+    post,
+    path = "/api/user/orders",
+    tag = "orders",
+    operation_id = "upload_order",
+    summary = "Upload an order number",
+    description = "Hands in the number of an order the customer bought, as a `text/plain` body. \
+        Numbers are digits with a valid Luhn checksum, unique across all customers; the service \
+        then asks the accrual system how many points the order earns.",
+    request_body(
+        content = String,
+        content_type = "text/plain",
+        description = "The order number.",
+        example = "12345678903"
+    ),
+    responses(
+        (status = 200, description = "This customer had already uploaded this number."),
+        (status = 202, description = "New number, accepted for processing."),
+        (status = 400, description = "Malformed request: not `text/plain`, not UTF-8, or empty.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "the body must hold an order number"})),
+        (status = 401, response = Unauthorized),
+        (status = 409, description = "Another customer already uploaded this number.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Conflict", "status": 409, "detail": "the order number was uploaded by another user"})),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "The number is not digits or fails the Luhn checksum.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Unprocessable Entity", "status": 422, "detail": "the order number fails the Luhn checksum"})),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 #[tracing::instrument(name = "upload_order", skip_all, fields(user_id = %user.0))]
 pub async fn upload(
     state: web::Data<AppState>,
@@ -96,24 +132,62 @@ pub async fn upload(
 }
 
 /// An order in the list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "number": "9278923470",
+    "status": "PROCESSED",
+    "accrual": 500,
+    "uploaded_at": "2020-12-10T12:15:45Z"
+}))]
 pub struct OrderItem {
+    /// The order number.
+    #[schema(example = "9278923470")]
     number: String,
-    status: &'static str,
+    /// `NEW`: not started by the accrual system; `PROCESSING`: being computed; `INVALID`:
+    /// refused, final, no points; `PROCESSED`: final, points credited.
+    status: OrderStatus,
+    /// Points credited; present only when some were.
     #[serde(
         serialize_with = "optional_money",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(schema_with = money_schema, required = false)]
     accrual: Option<Money>,
+    /// When the number was uploaded (RFC 3339).
     #[serde(serialize_with = "rfc3339")]
     uploaded_at: DateTime<Utc>,
+}
+
+/// An order's status as customers see it.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum OrderStatus {
+    /// Uploaded; the accrual system has not started on it.
+    New,
+    /// The accrual system is computing the reward.
+    Processing,
+    /// The accrual system refused it; final, no points.
+    Invalid,
+    /// Done, points (possibly none) credited; final.
+    Processed,
+}
+
+impl From<domain::OrderStatus> for OrderStatus {
+    fn from(status: domain::OrderStatus) -> Self {
+        match status {
+            domain::OrderStatus::New => Self::New,
+            domain::OrderStatus::Processing => Self::Processing,
+            domain::OrderStatus::Invalid => Self::Invalid,
+            domain::OrderStatus::Processed => Self::Processed,
+        }
+    }
 }
 
 impl From<Order> for OrderItem {
     fn from(order: Order) -> Self {
         Self {
             number: order.number.to_string(),
-            status: order.status.as_str(),
+            status: order.status.into(),
             accrual: order.accrual,
             uploaded_at: order.uploaded_at,
         }
@@ -136,6 +210,27 @@ impl ResponseError for ReadError {
 }
 
 /// Lists the user's orders, newest first; 204 when there are none.
+#[utoipa::path(
+    get,
+    path = "/api/user/orders",
+    tag = "orders",
+    operation_id = "list_orders",
+    summary = "List uploaded orders",
+    description = "The customer's orders with their status and accrual, newest first.",
+    responses(
+        (status = 200, description = "The orders, newest first.", body = [OrderItem],
+            example = json!([
+                {"number": "9278923470", "status": "PROCESSED", "accrual": 500, "uploaded_at": "2020-12-10T12:15:45Z"},
+                {"number": "12345678903", "status": "PROCESSING", "uploaded_at": "2020-12-10T12:12:23Z"},
+                {"number": "346436439", "status": "INVALID", "uploaded_at": "2020-12-09T13:09:57Z"}
+            ])),
+        (status = 204, description = "The customer has uploaded no orders."),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []), ("cookie" = []))
+)]
 #[tracing::instrument(name = "list_orders", skip_all, fields(user_id = %user.0))]
 pub async fn list(
     state: web::Data<AppState>,
