@@ -1,4 +1,13 @@
 //! Black-box tests of the HTTP API: the real service on port 0, a fresh database per test.
 
+mod accounts;
+mod attacks;
+mod auth;
+mod bad_input;
+mod balance;
+mod encoding;
+mod operability;
+mod orders;
 mod smoke;
+mod support;
 mod throttle;
