@@ -31,13 +31,18 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(db: &TestDatabase, accrual: &str, extra: &[&str]) -> Self {
+        Self::start_at(db.url(), accrual, extra)
+    }
+
+    /// Starts an instance on a database given by URI.
+    pub fn start_at(database_url: &str, accrual: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_gophermart"))
             .args([
                 "-a",
                 &format!("127.0.0.1:{port}"),
                 "-d",
-                db.url(),
+                database_url,
                 "-r",
                 accrual,
             ])
@@ -64,7 +69,7 @@ impl Instance {
                 "1000",
             ])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
