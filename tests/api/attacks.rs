@@ -103,3 +103,55 @@ async fn slow_clients_are_cut_off_and_do_not_starve_others() {
         tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut buffer)).await;
     assert!(closed.is_ok(), "the connection was not closed within 15 s");
 }
+
+/// A small deterministic generator of test bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            u8::try_from(state >> 56).expect("one byte")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bodies_compressed_or_not_never_cause_a_server_error() {
+    let app = spawn_app().await;
+    let token = app.signed_up("fuzzed").await;
+    let targets = [
+        ("/api/user/register", "application/json"),
+        ("/api/user/login", "application/json"),
+        ("/api/user/orders", "text/plain"),
+        ("/api/user/balance/withdraw", "application/json"),
+    ];
+
+    for seed in 0..60u64 {
+        let body = noise(seed, usize::try_from(seed * 37 % 2_000).expect("small"));
+        let (path, content_type) = targets[usize::try_from(seed).expect("small") % targets.len()];
+        for gzip in [false, true] {
+            let mut request = app
+                .client
+                .post(app.url(path))
+                .bearer_auth(&token)
+                .header("content-type", content_type)
+                .body(body.clone());
+            if gzip {
+                request = request.header("content-encoding", "gzip");
+            }
+            let status = request.send().await.expect("answered").status();
+
+            assert!(
+                status.is_client_error(),
+                "{path} with {} bytes (gzip {gzip}): {status}",
+                body.len()
+            );
+        }
+    }
+    assert_eq!(
+        app.balance(&token).await,
+        json!({"current": 0, "withdrawn": 0})
+    );
+}

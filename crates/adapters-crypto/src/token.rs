@@ -179,4 +179,37 @@ mod tests {
             JwtTokens::random_secret().expose_secret()
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_is_never_a_valid_token(text in "\\PC{0,300}") {
+            proptest::prop_assert!(tokens("secret").verify(&text).is_err());
+        }
+
+        #[test]
+        fn arbitrary_three_part_tokens_are_refused(
+            header in "[A-Za-z0-9_-]{0,60}",
+            claims in "[A-Za-z0-9_-]{0,120}",
+            signature in "[A-Za-z0-9_-]{0,60}",
+        ) {
+            let token = format!("{header}.{claims}.{signature}");
+            proptest::prop_assert!(tokens("secret").verify(&token).is_err());
+        }
+
+        #[test]
+        fn any_change_to_a_valid_token_is_refused(position in 0usize..200, byte in 0u8..128) {
+            let tokens = tokens("secret");
+            let token = tokens.issue(UserId(7)).expect("issued").0;
+            let mut bytes = token.clone().into_bytes();
+            let position = position % bytes.len();
+            proptest::prop_assume!(bytes[position] != byte);
+            bytes[position] = byte;
+            let changed = String::from_utf8_lossy(&bytes).into_owned();
+            // The last character of base64url carries unused low bits, so a few of its values
+            // decode to the same signature; a change anywhere else must be refused.
+            if tokens.verify(&changed).is_ok() {
+                proptest::prop_assert_eq!(position, bytes.len() - 1);
+            }
+        }
+    }
 }
