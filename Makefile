@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-if-available bench
+.PHONY: run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-if-available bench fuzz fuzz-short
 
 help:
 	@echo "make run    - PostgreSQL (throwaway unless DATABASE_URI is set), accrual on :8081, gophermart on :8080"
@@ -39,7 +39,7 @@ lint:
 unit-tests:
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast
 
-test: check-tools fmt-check lint unit-tests test-browser-if-available
+test: check-tools fmt-check lint unit-tests test-browser-if-available fuzz-short
 
 # The API page in headless Chromium, refreshing docs/screenshots/swagger-ui.png; `make test`
 # runs it, with its screenshot in /tmp, when Chromium and Node.js are present.
@@ -65,3 +65,12 @@ chaos:
 # docs/benchmarks.md explains them and keeps the latest.
 bench:
 	bench/bench.sh
+
+# API fuzzing with Schemathesis (installed into target/fuzz-venv) of a throwaway instance:
+# FUZZ_EXAMPLES cases per operation (200), FUZZ_SEED to repeat a run. docs/fuzzing.md explains it.
+fuzz:
+	scripts/fuzz.sh
+
+# The short fuzzing run of `make test`: 30 cases per operation, a fixed seed.
+fuzz-short:
+	FUZZ_EXAMPLES=30 FUZZ_SEED=20261122 scripts/fuzz.sh

@@ -91,6 +91,18 @@ async fn a_wrong_method_answers_404_or_405_with_a_problem_body() {
 
         let status = response.status().as_u16();
         assert!(status == 404 || status == 405, "{method} {path}: {status}");
+        if status == 405 {
+            let allow = response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            assert!(
+                !allow.is_empty(),
+                "{method} {path}: a 405 names the allowed methods"
+            );
+            assert!(!allow.contains(method), "{method} {path}: Allow {allow}");
+        }
         assert_problem(response, status).await;
     }
 }

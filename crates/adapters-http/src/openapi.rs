@@ -9,7 +9,7 @@ use utoipa::{
         security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
         HttpMethod,
     },
-    Modify, OpenApi, ToResponse,
+    Modify, OpenApi, ToResponse, ToSchema,
 };
 
 use crate::{
@@ -114,6 +114,34 @@ pub fn money_schema() -> utoipa::openapi::schema::Object {
         .examples([serde_json::json!(729.98)])
         .build()
 }
+
+/// A positive amount of points, as a withdrawal's sum.
+pub fn positive_money_schema() -> utoipa::openapi::schema::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .exclusive_minimum(Some(0))
+        .description(Some(
+            "Points to spend: an exact decimal number greater than zero with at most two decimal places.",
+        ))
+        .examples([serde_json::json!(751)])
+        .build()
+}
+
+/// The text body of an order upload: digits, surrounding whitespace ignored.
+#[derive(Debug)]
+pub struct OrderNumberText;
+
+impl utoipa::PartialSchema for OrderNumberText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^\s*[0-9]{1,64}\s*$"))
+            .examples([serde_json::json!("12345678903")])
+            .into()
+    }
+}
+
+impl ToSchema for OrderNumberText {}
 
 /// No valid credentials.
 #[derive(Debug, ToResponse)]

@@ -99,8 +99,13 @@ pub fn ensure_problem_body<B>(
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();
-    let (req, _) = res.into_parts();
+    let (req, original) = res.into_parts();
+    let mut response = problem(status, None);
+    // A 405 names the methods the resource allows (RFC 9110); keep that.
+    if let Some(allow) = original.headers().get(header::ALLOW) {
+        response.headers_mut().insert(header::ALLOW, allow.clone());
+    }
     let response: ServiceResponse<EitherBody<B, BoxBody>> =
-        ServiceResponse::new(req, problem(status, None)).map_into_right_body();
+        ServiceResponse::new(req, response).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(response))
 }

@@ -25,10 +25,19 @@ use crate::{
 #[schema(example = json!({"login": "alice", "password": "correct horse battery staple"}))]
 pub struct CredentialsBody {
     /// 1 to 128 characters, no control characters, no surrounding whitespace.
-    #[schema(min_length = 1, max_length = 128, example = "alice")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?$",
+        example = "alice"
+    )]
     login: String,
     /// 1 to 72 bytes.
-    #[schema(min_length = 1, example = "correct horse battery staple")]
+    #[schema(
+        min_length = 1,
+        max_length = 72,
+        example = "correct horse battery staple"
+    )]
     password: String,
 }
 

@@ -9,7 +9,9 @@ use utoipa::ToSchema;
 
 use crate::{
     metrics::PointsWithdrawn,
-    openapi::{money_schema, Internal, PayloadTooLarge, Unauthorized, Unavailable},
+    openapi::{
+        money_schema, positive_money_schema, Internal, PayloadTooLarge, Unauthorized, Unavailable,
+    },
     problem::{problem, repository_status, Problem},
     routes::{
         json::{decimal, money, rfc3339, JsonObject},
@@ -67,16 +69,16 @@ pub async fn balance(
 #[schema(example = json!({"order": "2377225624", "sum": 751}))]
 pub struct WithdrawBody {
     /// The number of the new order the points pay for (digits, valid Luhn checksum).
-    #[schema(example = "2377225624", pattern = "^[0-9]+$")]
+    #[schema(example = "2377225624", pattern = "^[0-9]{1,64}$")]
     order: String,
     /// Points to spend: greater than zero, at most two decimal places.
-    #[schema(schema_with = money_schema)]
+    #[schema(schema_with = positive_money_schema)]
     sum: serde_json::Number,
 }
 
 impl WithdrawBody {
     fn try_into_domain(self) -> Result<(OrderNumber, Money), WithdrawHandlerError> {
-        let order = OrderNumber::parse(self.order.trim())
+        let order = OrderNumber::parse(&self.order)
             .map_err(|e| WithdrawHandlerError::InvalidOrder(e.to_string()))?;
         let sum = decimal(&self.sum)
             .ok_or_else(|| {

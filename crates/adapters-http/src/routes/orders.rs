@@ -14,7 +14,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    openapi::{money_schema, Internal, PayloadTooLarge, Unauthorized, Unavailable},
+    openapi::{
+        money_schema, Internal, OrderNumberText, PayloadTooLarge, Unauthorized, Unavailable,
+    },
     problem::{problem, repository_status, Problem},
     routes::json::{optional_money, rfc3339},
     AppState, AuthenticatedUser,
@@ -90,7 +92,7 @@ fn order_number(req: &HttpRequest, body: &[u8]) -> Result<OrderNumber, UploadHan
         Numbers are digits with a valid Luhn checksum, unique across all customers; the service \
         then asks the accrual system how many points the order earns.",
     request_body(
-        content = String,
+        content = OrderNumberText,
         content_type = "text/plain",
         description = "The order number.",
         example = "12345678903"

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# API fuzzing with Schemathesis: builds the `gophermart` binary, runs it against a throwaway
+# PostgreSQL (scripts/with-postgres.sh) with sign-in throttling off, registers a customer, and lets
+# Schemathesis generate requests from the served OpenAPI document (/api/openapi.json):
+#   1. signed in (`Authorization: Bearer <token>`): every operation of the document,
+#      FUZZ_EXAMPLES cases each;
+#   2. signed out: the five operations that need a customer, FUZZ_NOAUTH_EXAMPLES cases each
+#      (the 401 paths; the other five take no credentials and are covered by the first run).
+# Every answer goes through all of Schemathesis' checks: no 5xx, status code, content type,
+# headers and body as documented, valid data accepted and invalid data refused, auth not ignored,
+# undocumented methods refused with 405 and `Allow`. Prints one summary line (cases, requests,
+# failures by check, 5xx answers) and exits non-zero on any failure. docs/fuzzing.md explains it.
+#
+# Installs Schemathesis (the version pinned below) into target/fuzz-venv when it is missing.
+# Reports (NDJSON, JUnit), the generated Schemathesis configuration and gophermart's log go to
+# FUZZ_REPORT_DIR.
+#
+# Environment:
+#   FUZZ_EXAMPLES         cases per operation, signed in (default 200)
+#   FUZZ_NOAUTH_EXAMPLES  cases per operation, signed out (default FUZZ_EXAMPLES/5, at least 10)
+#   FUZZ_SEED             the seed, to repeat a run (default: a random one, shown in the summary)
+#   FUZZ_WORKERS          concurrent Schemathesis workers (default 2)
+#   FUZZ_CHECKS           Schemathesis checks (default all)
+#   FUZZ_SCHEMA           the OpenAPI document, a URL or a file (default: the one the service serves;
+#                         a file is for trying a change to the document before making it in code)
+#   FUZZ_REPORT_DIR       default target/fuzz
+#   CARGO                 default cargo
+# Relative paths are taken from the repository's root.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+schemathesis_version="4.32.5"
+venv="$root/target/fuzz-venv"
+st="$venv/bin/schemathesis"
+
+if [[ "${1:-}" != "--with-database" ]]; then
+    if ! "$st" --version 2>/dev/null | grep -qx "schemathesis, version $schemathesis_version"; then
+        echo "fuzz: installing schemathesis $schemathesis_version into target/fuzz-venv" >&2
+        rm -rf "$venv"
+        if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+            # Debian's python3 keeps venv (ensurepip) in a package of its own.
+            if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+                export DEBIAN_FRONTEND=noninteractive
+                apt-get update -qq >&2
+                apt-get install -y -qq python3-venv >&2
+            fi
+            rm -rf "$venv"
+            python3 -m venv "$venv"
+        fi
+        "$venv/bin/pip" install --quiet --disable-pip-version-check \
+            "schemathesis==$schemathesis_version" >&2
+    fi
+    ${CARGO:-cargo} build --quiet --bin gophermart
+    exec scripts/with-postgres.sh "$0" --with-database
+fi
+
+# From here on DATABASE_URI points at a PostgreSQL server.
+started=$SECONDS
+examples="${FUZZ_EXAMPLES:-200}"
+noauth_default=$((examples / 5))
+((noauth_default >= 10)) || noauth_default=10
+noauth_examples="${FUZZ_NOAUTH_EXAMPLES:-$noauth_default}"
+seed="${FUZZ_SEED:-$((RANDOM * 32768 + RANDOM))}"
+workers="${FUZZ_WORKERS:-2}"
+report_dir="${FUZZ_REPORT_DIR:-$root/target/fuzz}"
+mkdir -p "$report_dir"
+report_dir="$(cd "$report_dir" && pwd)"
+rm -rf "$report_dir/auth" "$report_dir/noauth"
+
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
+log="$report_dir/gophermart.log"
+# The accrual system is the discard port: uploaded orders stay queued and are retried, locally.
+RUST_LOG="${RUST_LOG:-warn}" "$root/target/debug/gophermart" -a "127.0.0.1:$port" \
+    --bcrypt-cost 4 -r http://127.0.0.1:9 --jwt-secret fuzz-secret \
+    --login-max-failures-per-login 0 --login-max-failures-per-address 0 \
+    >"$log" 2>&1 &
+pid=$!
+# shellcheck disable=SC2317 # run by the trap
+cleanup() {
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+base="http://127.0.0.1:$port"
+for _ in $(seq 300); do
+    if curl -sf "$base/readyz" >/dev/null 2>&1; then
+        break
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "fuzz: gophermart exited; its log:" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+curl -sf "$base/readyz" >/dev/null
+
+# The customer to fuzz as: the token is in the register answer's Authorization header.
+login="fuzz-$RANDOM$RANDOM"
+token="$(curl -sS -D - -o /dev/null -X POST "$base/api/user/register" \
+    -H 'Content-Type: application/json' \
+    --data "{\"login\":\"$login\",\"password\":\"fuzz-password\"}" |
+    tr -d '\r' | sed -n 's/^[Aa]uthorization: Bearer //p')"
+if [[ -z "$token" ]] ||
+    ! curl -sf -o /dev/null -H "Authorization: Bearer $token" "$base/api/user/balance"; then
+    echo "fuzz: registering $login gave no working token in the Authorization header" >&2
+    exit 1
+fi
+
+# What may answer a request the document calls valid (positive_data_acceptance) or invalid
+# (negative_data_rejection), beyond Schemathesis' defaults; docs/fuzzing.md says why.
+config="$report_dir/schemathesis.toml"
+cat >"$config" <<'TOML'
+# Valid by the schema, refused by a rule no schema can state: 402 not enough points, 409 an order
+# number already used, 422 the Luhn checksum, 429 sign-in throttling.
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "401", "402", "409", "422", "429", "5xx"]
+
+# Invalid data may also be refused as too large: 413, documented on every operation with a body.
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+TOML
+
+# shellcheck disable=SC2054 # the commas are in values
+common=(
+    --checks "${FUZZ_CHECKS:-all}"
+    --phases examples,coverage,fuzzing
+    --continue-on-failure
+    --seed "$seed"
+    --workers "$workers"
+    --generation-database none
+    --request-timeout 30
+    --output-sanitize false
+    --no-color
+)
+schema="${FUZZ_SCHEMA:-$base/api/openapi.json}"
+schema_args=("$schema")
+if [[ "$schema" != http://* && "$schema" != https://* ]]; then
+    schema_args=("$(realpath "$schema")" --url "$base")
+fi
+
+# Schemathesis and Hypothesis keep their caches (`st replay`'s crash files) in the working
+# directory: that is the report directory, not the work tree.
+cd "$report_dir"
+status=0
+echo "fuzz: signed in as $login, $examples cases per operation, seed $seed" >&2
+"$st" --config-file "$config" run "${schema_args[@]}" "${common[@]}" \
+    --max-examples "$examples" \
+    -H "Authorization: Bearer $token" \
+    --report ndjson,junit --report-dir "$report_dir/auth" || status=$?
+
+# Signed out every answer is meant to be 401: Schemathesis' warning about that is left out.
+all_warnings_but_missing_auth=missing_test_data,base_url_mismatch,validation_mismatch,missing_deserializer,unused_openapi_auth,unsupported_regex,method_not_allowed,constants_extraction,unmatched_filter,unresolvable_reference,low_valid_rate,rate_limited,dictionary_mismatch,timeout_units
+echo "fuzz: signed out, $noauth_examples cases per operation, seed $seed" >&2
+"$st" --config-file "$config" run "${schema_args[@]}" "${common[@]}" \
+    --max-examples "$noauth_examples" \
+    --include-path-regex '^/api/user/(orders|balance|withdrawals)' \
+    --warnings "$all_warnings_but_missing_auth" \
+    --report ndjson,junit --report-dir "$report_dir/noauth" || status=$?
+
+curl -sf "$base/metrics" >"$report_dir/metrics.txt" || true
+"$venv/bin/python" - "$report_dir" "$status" "$seed" "$((SECONDS - started))" <<'PY' || status=1
+"""The summary line: cases from Schemathesis' NDJSON reports, requests from gophermart's own
+counter (shrinking included), failures by check, and every 5xx either saw."""
+import collections, glob, json, re, sys
+
+report_dir, status, seed, took = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+cases = {}
+failures = collections.Counter()  # check -> failing cases
+failing_operations = collections.defaultdict(set)  # check -> operations
+answers_5xx = 0
+for run in ("auth", "noauth"):
+    cases[run] = 0
+    for path in glob.glob(f"{report_dir}/{run}/*.ndjson"):
+        for line in open(path, encoding="utf-8"):
+            finished = json.loads(line).get("ScenarioFinished")
+            if not finished:
+                continue
+            recorder = finished["recorder"]
+            cases[run] += len(recorder.get("cases", {}))
+            for interaction in recorder.get("interactions", {}).values():
+                response = interaction.get("response")
+                if response and response["status_code"] >= 500:
+                    answers_5xx += 1
+            for checks in recorder.get("checks", {}).values():
+                for check in checks:
+                    if check["status"] == "failure":
+                        failures[check["name"]] += 1
+                        failing_operations[check["name"]].add(recorder["label"])
+served = collections.Counter()
+try:
+    for line in open(f"{report_dir}/metrics.txt", encoding="utf-8"):
+        match = re.match(r'gophermart_http_requests_total\{.*status="(\d)\d\d".*\} (\d+)', line)
+        if match:
+            served[match.group(1) + "xx"] += int(match.group(2))
+except OSError:
+    pass
+answers_5xx = max(answers_5xx, served["5xx"])
+by_check = ", ".join(
+    f"{name} {count} ({len(failing_operations[name])} operations)"
+    for name, count in failures.most_common()
+) or "none"
+failed = status != 0 or failures or answers_5xx
+print(
+    f"fuzz: {'FAILED' if failed else 'passed'}: {cases['auth'] + cases['noauth']} cases "
+    f"({cases['auth']} signed in, {cases['noauth']} signed out), "
+    f"{sum(served.values())} requests served "
+    f"({', '.join(f'{k} {v}' for k, v in sorted(served.items()))}); "
+    f"failures by check: {by_check}; 5xx answers: {answers_5xx}; seed {seed}; {took} s"
+)
+sys.exit(1 if failed else 0)
+PY
+exit "$status"
