@@ -84,7 +84,7 @@ fn luhn_valid(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Appends the Luhn check digit to `payload` (digits only). Used to make valid numbers in tests
