@@ -1,0 +1,16 @@
+-- Evidence, not a ceiling: upload.sql without its pg_notify. A transaction that has run NOTIFY
+-- takes a database-wide lock while it commits (PostgreSQL's async.c, PreCommit_Notify), so
+-- concurrent uploads commit one at a time; bench/run.py runs this at 64 clients beside
+-- upload.sql to show what that lock costs.
+\set uid random(:umin, :umax)
+\set num random(100000000000000, 999999999999999)
+WITH ins AS (
+                 INSERT INTO orders (number, user_id, status, uploaded_at)
+                 VALUES (:num::text, :uid::int8, 'NEW', now())
+                 ON CONFLICT (number) DO NOTHING
+                 RETURNING number),
+             q AS (
+                 INSERT INTO accrual_queue (order_number, next_attempt_at)
+                 SELECT number, now() FROM ins
+                 RETURNING order_number)
+             SELECT count(*) AS inserted FROM q;

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Turns target/bench/results.json (bench/run.py) into a Markdown report.
+
+Usage: bench/report.py RESULTS.json OUT.md
+"""
+
+import json
+import sys
+
+LABELS = {
+    "upload": "POST /api/user/orders (upload)",
+    "balance": "GET /api/user/balance",
+    "orders": "GET /api/user/orders (10 orders)",
+    "withdraw": "POST /api/user/balance/withdraw",
+}
+ORDER = ["upload", "balance", "orders", "withdraw"]
+HANDFUL = 8  # the default accrual concurrency: requests already in flight when a 429 comes
+
+
+def fmt(value, digits=1):
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def mib(kb):
+    return None if kb is None else kb / 1024
+
+
+def mark(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def report(r):
+    m = r["machine"]
+    s = r["settings"]
+    out = []
+    w = out.append
+    w(f"Measured {m['date']} on commit {m.get('commit', '?')}.")
+    w("")
+    w(f"- Machine: {m['cores']} cores ({m.get('cpu', '?')}), {m['memory_gib']} GiB memory, "
+      f"Linux {m['kernel']}; load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}, "
+      f"at end {', '.join(f'{x:.2f}' for x in m.get('load_average_at_end', []))}.")
+    pg = m["postgresql_settings"]
+    w(f"- PostgreSQL {m['postgresql']} from scripts/with-postgres.sh (max_connections {pg['max_connections']}, "
+      f"shared_buffers {pg['shared_buffers']}, fsync {pg['fsync']}, synchronous_commit {pg['synchronous_commit']}); "
+      f"{m['wrk']}; pgbench -M prepared.")
+    w(f"- Gophermart: {s['gophermart_flags']}. Everything (service, database, load tool) shares the "
+      f"{m['cores']} cores.")
+    w(f"- {s['duration_s']:g} s per point after a {s['warmup_s']:g} s warm-up; {s['users_per_set']} users "
+      f"per set; total run {r.get('total_seconds', 0):.0f} s.")
+    w("")
+
+    w("### Endpoints against their pgbench ceiling")
+    w("")
+    w("Throughput is requests (or pgbench transactions) per second; the ratio is Gophermart's "
+      "throughput over the ceiling's at the same concurrency. Latencies are wrk's (pgbench's for the "
+      "ceiling), in milliseconds. Errors: socket errors, timeouts and unexpected statuses. \"Other "
+      "load\" is the CPU (in cores) that processes outside the benchmark used during the point, "
+      "Gophermart's run / pgbench's run: a point above 0.25 was measured again, up to twice.")
+    w("")
+    w("| endpoint | clients | req/s | ceiling tx/s | ratio | p50 | p99 | p99.9 | errors | ceiling p50 | ceiling p99 | other load |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ORDER:
+        rows = r["grid"].get(name, [])
+        ceil = {c["clients"]: c for c in r["ceiling"].get(name, [])}
+        for row in rows:
+            c = ceil.get(row["clients"])
+            ratio = row["rps"] / c["rps"] if c else None
+            w(f"| {LABELS[name]} | {row['clients']} | {fmt(row['rps'], 0)} | {fmt(c['rps'], 0) if c else '–'} | "
+              f"{fmt(ratio, 2)} | {fmt(row['p50_ms'], 2)} | {fmt(row['p99_ms'], 2)} | {fmt(row['p999_ms'], 2)} | "
+              f"{row['errors']} | {fmt(c['p50_ms'], 2) if c else '–'} | {fmt(c['p99_ms'], 2) if c else '–'} | "
+              f"{fmt(row.get('other_cores'), 2)} / {fmt(c.get('other_cores') if c else None, 2)} |")
+    w("")
+    if r.get("ceiling_with_checkout"):
+        w("The service makes two round trips per request: deadpool's default connection recycling "
+          "(`RecyclingMethod::Verified`) runs `SELECT 1` on every checkout before the endpoint's "
+          "statement. The same ceiling with that `SELECT 1` added:")
+        w("")
+        w("| endpoint | clients | ceiling tx/s | with checkout tx/s | req/s | ratio to the ceiling with checkout |")
+        w("|---|---:|---:|---:|---:|---:|")
+        for name in ORDER:
+            wc = r["ceiling_with_checkout"].get(name)
+            if not wc:
+                continue
+            base = next((c for c in r["ceiling"].get(name, []) if c["clients"] == wc["clients"]), None)
+            row = next((g for g in r["grid"].get(name, []) if g["clients"] == wc["clients"]), None)
+            w(f"| {LABELS[name]} | {wc['clients']} | {fmt(base['rps'], 0) if base else '–'} | {fmt(wc['rps'], 0)} | "
+              f"{fmt(row['rps'], 0) if row else '–'} | {fmt(row['rps'] / wc['rps'], 2) if row else '–'} |")
+        w("")
+
+    un = r.get("upload_without_notify")
+    if un:
+        up = next((c for c in r["ceiling"].get("upload", []) if c["clients"] == un["clients"]), None)
+        w(f"The upload's SQL without its `pg_notify` at {un['clients']} clients: {fmt(un['rps'], 0)} tx/s "
+          f"(p99 {fmt(un['p99_ms'], 2)} ms) against {fmt(up['rps'], 0) if up else '–'} tx/s with it: a transaction "
+          f"that ran NOTIFY holds a database-wide lock while committing, so uploads commit one at a time.")
+        w("")
+    w("CPU time per request at each point (milliseconds of CPU, from /proc; \"other\" is the rest "
+      "of the machine, other users' work included):")
+    w("")
+    w("| endpoint | clients | gophermart | accrual | PostgreSQL | wrk | other | machine busy |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ORDER:
+        for row in r["grid"].get(name, []):
+            cpu = row.get("cpu_seconds")
+            if not cpu or not row["requests"]:
+                continue
+            n = row["requests"] / 1000.0
+            known = cpu.get("gophermart", 0) + cpu.get("accrual", 0) + cpu.get("postgres", 0) + cpu.get("load tool", 0)
+            other = max(0.0, cpu["machine"] - known)
+            w(f"| {LABELS[name]} | {row['clients']} | {cpu.get('gophermart', 0) / n:.3f} | {cpu.get('accrual', 0) / n:.3f} | "
+              f"{cpu['postgres'] / n:.3f} | {cpu['load tool'] / n:.3f} | {other / n:.3f} | "
+              f"{cpu['machine'] / cpu['wall']:.2f} of {m['cores']} cores |")
+    w("")
+    w("pgbench, same units (PostgreSQL and pgbench per transaction):")
+    w("")
+    w("| script | clients | PostgreSQL | pgbench | machine busy |")
+    w("|---|---:|---:|---:|---:|")
+    for name in ORDER:
+        for row in r["ceiling"].get(name, []):
+            cpu = row.get("cpu_seconds")
+            if not cpu or not row["requests"]:
+                continue
+            n = row["requests"] / 1000.0
+            w(f"| {name}.sql | {row['clients']} | {cpu['postgres'] / n:.3f} | {cpu['load tool'] / n:.3f} | "
+              f"{cpu['machine'] / cpu['wall']:.2f} of {m['cores']} cores |")
+    w("")
+
+    if "mixed" in r:
+        mx = r["mixed"]
+        w(f"### Mixed customer workload ({mx['clients']} clients, {mx['seconds']:.0f} s)")
+        w("")
+        w("Each request is drawn from the mix below for a random user of 1000 (each with 10+ orders "
+          "and a funded account); uploads are of numbers registered in the accrual system, so the "
+          "accrual worker processes them during the run.")
+        w("")
+        w("| operation | share | req/s | p50 | p99 | p99.9 | errors |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for op, st in mx["ops"].items():
+            w(f"| {op} | {mx['mix_percent'].get(op, '')} % | {fmt(st['rps'], 0)} | {fmt(st['p50_ms'], 2)} | "
+              f"{fmt(st['p99_ms'], 2)} | {fmt(st['p999_ms'], 2)} | {st['errors']} |")
+        t = mx["total"]
+        w(f"| **all** | 100 % | {fmt(t['rps'], 0)} | {fmt(t['p50_ms'], 2)} | {fmt(t['p99_ms'], 2)} | "
+          f"{fmt(t['p999_ms'], 2)} | {t['errors']} |")
+        w("")
+
+    w("### Start-up and memory")
+    w("")
+    st = r["startup"]
+    rss = r["rss_kb"]
+    restarts = st.get("restarts_s", [])
+    w(f"- Ready (first 200 of `/readyz`, counted from spawning the process): "
+      f"{st['first_start_with_migrations_s'] * 1000:.0f} ms on an empty database (the start applies "
+      f"the migrations); on the migrated database median {st['restart_median_s'] * 1000:.0f} ms "
+      f"(runs: {', '.join(f'{x * 1000:.0f}' for x in restarts)} ms).")
+    cheap = st.get("restarts_bcrypt_cost_4_s")
+    if cheap:
+        w(f"  With `--bcrypt-cost 4` instead of 12: {', '.join(f'{x * 1000:.0f}' for x in cheap)} ms — the "
+          f"difference is the dummy bcrypt hash `BcryptHasher::with_concurrency` computes, at the "
+          f"configured cost, before the server starts.")
+    peaks = [v for k, v in rss.items() if k.startswith("peak") and v]
+    w(f"- RSS idle: {fmt(mib(rss.get('idle_measured_instance')))} MiB; peak (VmHWM) after the endpoint "
+      f"grid: {fmt(mib(rss.get('peak_after_endpoints')))} MiB; after the mixed workload, pipeline and "
+      f"login storm: {fmt(mib(rss.get('peak_after_mixed_pipeline_storm')))} MiB.")
+    w("")
+
+    if "pipeline" in r:
+        p = r["pipeline"]
+        w("### Accrual pipeline")
+        w("")
+        w(f"- Upload → `PROCESSED` with our accrual system answering at once (processing delay 0, no "
+          f"limit), {p['orders']} orders uploaded at {p['rate_per_s']:g}/s: p50 {p['p50_ms']:.1f} ms, "
+          f"p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms ({p['processed']} processed). Measured "
+          f"in the database: `orders.updated_at` (set by the crediting transaction) minus "
+          f"`orders.uploaded_at` (the upload's time).")
+    if "rate_limit" in r:
+        q = r["rate_limit"]
+        steady = q.get("steady")
+        w(f"- Accrual limit N = {q['limit_per_minute']} per minute, a backlog of {q['backlog']} orders "
+          f"uploaded in {q['upload_seconds']:.1f} s, counted over {q['window_seconds']:.0f} s: "
+          f"{q['completed_in_window']} completed = {q['per_minute']:.1f} per minute = "
+          f"**{q['fraction_of_limit']:.3f} N**; 429s received: **{q['rate_limited_429']}**.")
+        if steady:
+            w(f"  After the first 429 the worker paused {steady['pause_seconds']:.1f} s; from "
+              f"{steady['from_seconds']:.0f} s on it completed {steady['per_minute']:.1f} per minute = "
+              f"{q['steady_fraction_of_limit']:.3f} N (steady state).")
+    w("")
+
+    if "storm" in r:
+        sm = r["storm"]
+        b, d, lg = sm["baseline"], sm["during"], sm["logins"]
+        w("### Login storm")
+        w("")
+        w(f"{lg['clients']} clients sign in flat out (bcrypt cost 12, {sm['storm_users']} users) while "
+          f"{sm['balance_clients']} clients read their balance, {sm['seconds']:g} s:")
+        w("")
+        w("| balance | req/s | p50 | p99 | p99.9 | errors |")
+        w("|---|---:|---:|---:|---:|---:|")
+        w(f"| alone | {fmt(b['rps'], 0)} | {fmt(b['p50_ms'], 2)} | {fmt(b['p99_ms'], 2)} | {fmt(b['p999_ms'], 2)} | {b['errors']} |")
+        w(f"| during the storm | {fmt(d['rps'], 0)} | {fmt(d['p50_ms'], 2)} | {fmt(d['p99_ms'], 2)} | {fmt(d['p999_ms'], 2)} | {d['errors']} |")
+        n = sm.get("during_hashing_thread_niced")
+        if n:
+            w(f"| during the storm, hashing thread at nice 19 (experiment) | {fmt(n['rps'], 0)} | {fmt(n['p50_ms'], 2)} | "
+              f"{fmt(n['p99_ms'], 2)} | {fmt(n['p999_ms'], 2)} | {n['errors']} |")
+        w("")
+        w(f"Sign-ins meanwhile: {lg['rps']:.1f}/s, p50 {lg['p50_ms']:.0f} ms, p99 {lg['p99_ms']:.0f} ms, "
+          f"errors {lg['errors']}.")
+        w("")
+
+    w("### Targets")
+    w("")
+    w("| target | measured | |")
+    w("|---|---|---|")
+    at64 = {}
+    for name in ORDER:
+        row = next((g for g in r["grid"].get(name, []) if g["clients"] == 64), None)
+        c = next((g for g in r["ceiling"].get(name, []) if g["clients"] == 64), None)
+        at64[name] = (row, c)
+    for name in ORDER:
+        row, c = at64[name]
+        if row and c:
+            ratio = row["rps"] / c["rps"]
+            w(f"| {name} ≥ 0.8 × pgbench ceiling at 64 clients | {ratio:.2f} | {mark(ratio >= 0.8)} |")
+    for name in ORDER:
+        row, _ = at64[name]
+        if row:
+            w(f"| {name} p99 < 10 ms at 64 clients | {row['p99_ms']:.2f} ms | {mark(row['p99_ms'] < 10)} |")
+    if "pipeline" in r:
+        p = r["pipeline"]
+        w(f"| upload → PROCESSED p50 < 50 ms | {p['p50_ms']:.1f} ms (p99 {p['p99_ms']:.1f} ms) | {mark(p['p50_ms'] < 50)} |")
+    if "rate_limit" in r:
+        q = r["rate_limit"]
+        w(f"| ≥ 0.95 N completed per minute under a limit of N | {q['fraction_of_limit']:.3f} N | {mark(q['fraction_of_limit'] >= 0.95)} |")
+        w(f"| at most a handful (≤ {HANDFUL}) of 429s | {q['rate_limited_429']} | {mark(q['rate_limited_429'] <= HANDFUL)} |")
+    if peaks:
+        peak = max(peaks)
+        w(f"| peak RSS under load < 60 MB | {peak / 1024:.1f} MiB ({peak * 1024 / 1e6:.1f} MB) | {mark(peak * 1024 < 60e6)} |")
+    first = st["first_start_with_migrations_s"] * 1000
+    warm = st["restart_median_s"] * 1000
+    w(f"| ready < 300 ms after start, migrations applied | {first:.0f} ms applying them, {warm:.0f} ms when applied | {mark(first < 300 and warm < 300)} |")
+    if "storm" in r:
+        d = r["storm"]["during"]
+        w(f"| balance p99 < 20 ms during a login storm | {d['p99_ms']:.2f} ms | {mark(d['p99_ms'] < 20)} |")
+    w("")
+    return "\n".join(out)
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        results = json.load(f)
+    text = report(results)
+    with open(sys.argv[2], "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,866 @@
+#!/usr/bin/env python3
+"""Gophermart's benchmark: drives the release build against a throwaway PostgreSQL and writes
+target/bench/results.json, results.md and throughput.svg.
+
+Run it through `make bench` (bench/bench.sh), which builds the binaries, provides the database
+(scripts/with-postgres.sh exports DATABASE_URI) and installs wrk when it is missing.
+
+Phases, in order (see docs/benchmarks.md for what each figure means):
+  1. start-up: time from spawning gophermart to the first 200 of /readyz, on an empty database
+     (migrations applied by that start) and on a migrated one; RSS when idle;
+  2. setup: users signed up through the API (bcrypt cost 4, for speed), accounts funded and
+     ten processed orders per "read" user inserted with SQL;
+  3. endpoints: wrk against upload, balance, orders list and withdraw at each concurrency;
+  4. ceilings: gophermart stopped, pgbench runs the SQL of each endpoint at the same
+     concurrencies on the same database (bench/pgbench/*.sql);
+  5. mixed customer workload (crates/loadgen);
+  6. accrual pipeline: upload -> PROCESSED latency with an accrual system that answers at once;
+  7. login storm: balance latency while sign-ins (bcrypt cost 12) run flat out;
+  8. accrual rate limit: orders completed per minute under a limit of N per minute, and 429s.
+
+Settings (environment): BENCH_DURATION (s per point, 5), BENCH_WARMUP (s, 1), BENCH_LEVELS
+("1,16,64,256"), BENCH_RATE_LIMIT (N per minute, 120), BENCH_RATE_SECONDS (150),
+BENCH_STORM_SECONDS (10), BENCH_MIXED_SECONDS (10), BENCH_PIPELINE_RATE (per s, 50),
+BENCH_PIPELINE_COUNT (500), BENCH_USERS (per set, 1000), BENCH_BIN_DIR (target/release),
+BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gophermart), BENCH_SKIP (comma-separated phases to skip: grid, ceiling, mixed,
+pipeline, storm, ratelimit).
+"""
+
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+BIN = os.environ.get("BENCH_BIN_DIR", os.path.join(ROOT, "target", "release"))
+OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "target", "bench"))
+DB = os.environ.get("DATABASE_URI")
+
+DURATION = float(os.environ.get("BENCH_DURATION", "5"))
+WARMUP = float(os.environ.get("BENCH_WARMUP", "1"))
+LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64,256").split(",")]
+RATE_N = int(os.environ.get("BENCH_RATE_LIMIT", "120"))
+RATE_SECONDS = float(os.environ.get("BENCH_RATE_SECONDS", "150"))
+STORM_SECONDS = float(os.environ.get("BENCH_STORM_SECONDS", "10"))
+MIXED_SECONDS = float(os.environ.get("BENCH_MIXED_SECONDS", "10"))
+MIXED_CLIENTS = int(os.environ.get("BENCH_MIXED_CLIENTS", "64"))
+PIPELINE_RATE = float(os.environ.get("BENCH_PIPELINE_RATE", "50"))
+PIPELINE_COUNT = int(os.environ.get("BENCH_PIPELINE_COUNT", "500"))
+USERS = int(os.environ.get("BENCH_USERS", "1000"))
+SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+# Extra flags for every gophermart started (experiments: "--http-workers 1", ...).
+EXTRA_FLAGS = os.environ.get("BENCH_GOPHERMART_FLAGS", "").split()
+JWT_SECRET = "gophermart-benchmark-secret"
+STORM_USERS = 16
+STORM_LOGIN_CLIENTS = 64
+STORM_BALANCE_CLIENTS = 16
+
+# The endpoints of the grid: wrk script, tokens set, pgbench script.
+ENDPOINTS = [
+    ("upload", "POST /api/user/orders", "upload.lua", "write"),
+    ("balance", "GET /api/user/balance", "balance.lua", "read"),
+    ("orders", "GET /api/user/orders", "orders.lua", "read"),
+    ("withdraw", "POST /api/user/balance/withdraw", "withdraw.lua", "write"),
+]
+# Order-number prefixes (crates/loadgen and bench/wrk/common.lua append a stream digit, eight
+# digits and the check digit). Fixture orders have 11 digits, pgbench's 15.
+UPLOAD_PREFIX = "4"
+WITHDRAW_PREFIX = "5"
+MIXED_PREFIX = "6"
+PIPELINE_PREFIX = "7"
+RATE_PREFIX = "8"
+
+
+def log(message):
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def find_pg_tool(name):
+    found = shutil.which(name)
+    if found:
+        return found
+    dirs = sorted(
+        (d for d in os.listdir("/usr/lib/postgresql") if d.replace(".", "").isdigit()),
+        key=lambda v: [int(p) for p in v.split(".")],
+        reverse=True,
+    ) if os.path.isdir("/usr/lib/postgresql") else []
+    for d in dirs:
+        path = os.path.join("/usr/lib/postgresql", d, "bin", name)
+        if os.access(path, os.X_OK):
+            return path
+    sys.exit(f"bench: {name} not found (install the postgresql package)")
+
+
+PSQL = find_pg_tool("psql")
+PGBENCH = find_pg_tool("pgbench")
+
+
+def psql_script(sql):
+    subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", DB, "-f", "-"], input=sql,
+                   check=True, capture_output=True, text=True)
+
+
+def luhn(payload):
+    """payload followed by its Luhn check digit."""
+    total = 0
+    for i, ch in enumerate(reversed(payload)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return payload + str((10 - total % 10) % 10)
+
+
+def psql(sql):
+    out = subprocess.run(
+        [PSQL, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", DB, "-c", sql],
+        check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and their resources
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def postgres_cpu_seconds():
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        name = data[data.find("(") + 1:data.rfind(")")]
+        if name == "postgres":
+            # Own time, and that of exited children the postmaster reaped (pgbench's backends
+            # end with the run).
+            fields = data.rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return total
+
+
+def machine_busy_seconds():
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:]
+    values = [int(x) for x in parts]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+def rss_kb(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class CpuMeter:
+    """CPU seconds spent by gophermart, PostgreSQL, the load tool and the whole machine."""
+
+    def __init__(self, gophermart=None, accrual=None):
+        self.pids = {"gophermart": gophermart, "accrual": accrual}
+
+    def start(self, tool_pid=None):
+        self.t0 = time.monotonic()
+        self.before = self._sample()
+
+    def _sample(self):
+        sample = {name: proc_cpu_seconds(pid) for name, pid in self.pids.items() if pid}
+        sample["postgres"] = postgres_cpu_seconds()
+        sample["machine"] = machine_busy_seconds()
+        # The load tool is a child that has exited (and been waited for) by stop().
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sample["load tool"] = children.ru_utime + children.ru_stime
+        return sample
+
+    def stop(self):
+        after = self._sample()
+        wall = time.monotonic() - self.t0
+        used = {k: round(after[k] - self.before.get(k, 0.0), 2) for k in after}
+        used["wall"] = round(wall, 2)
+        return used
+
+
+def thread_name(pid, tid):
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def hot_threads(pid, seconds):
+    """Threads of pid that used more than half a core over `seconds`."""
+    def sample():
+        out = {}
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            out[int(tid)] = proc_cpu_seconds(f"{pid}/task/{tid}")
+        return out
+    before = sample()
+    time.sleep(seconds)
+    after = sample()
+    return [tid for tid, t in after.items() if t - before.get(tid, t) > 0.5 * seconds]
+
+
+# The machine is shared: a point during which other processes used more than this many cores
+# is measured again (at most MAX_RETRIES times in the whole run); the least disturbed is kept.
+OTHER_CORES_LIMIT = float(os.environ.get("BENCH_OTHER_CORES_LIMIT", "0.25"))
+MAX_RETRIES = int(os.environ.get("BENCH_MAX_RETRIES", "20"))
+retries_left = [MAX_RETRIES]
+
+
+def other_cores(result):
+    cpu = result.get("cpu_seconds")
+    if not cpu or not cpu.get("wall"):
+        return 0.0
+    known = sum(cpu.get(k, 0.0) for k in ("gophermart", "accrual", "postgres", "load tool"))
+    return max(0.0, cpu["machine"] - known) / cpu["wall"]
+
+
+def measured(run):
+    """run() until a result is not disturbed by other processes, within the retry budget."""
+    best = None
+    attempts = 0
+    while True:
+        attempts += 1
+        result = run()
+        result["other_cores"] = round(other_cores(result), 3)
+        if best is None or result["other_cores"] < best["other_cores"]:
+            best = result
+        if best["other_cores"] <= OTHER_CORES_LIMIT or retries_left[0] <= 0 or attempts >= 3:
+            break
+        retries_left[0] -= 1
+        log(f"  other processes used {result['other_cores']:.2f} cores: measuring again")
+    best["attempts"] = attempts
+    return best
+
+
+def wait_http_ok(url, timeout, interval=0.002):
+    """Polls url until it answers 200; returns the seconds it took, or None."""
+    host, port, path = parse_url(url)
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            with socket.create_connection((host, port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                head = s.recv(64)
+                if head.startswith(b"HTTP/1.1 200"):
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(interval)
+    return None
+
+
+def parse_url(url):
+    m = re.match(r"http://([^:/]+):(\d+)(/.*)?$", url)
+    return m.group(1), int(m.group(2)), m.group(3) or "/"
+
+
+class Accrual:
+    def __init__(self, rate_limit=0, log_name="accrual"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(OUT, f"{log_name}.log"), "w")
+        args = [os.path.join(BIN, "accrual"), "-a", f"127.0.0.1:{self.port}",
+                "--processing-delay-ms", "0", "--rate-limit", str(rate_limit)]
+        env = dict(os.environ, RUST_LOG="warn")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, env=env)
+        if wait_http_ok(self.url + "/healthz", 30) is None:
+            sys.exit("bench: the accrual system did not start")
+
+    def stats(self):
+        with urllib.request.urlopen(self.url + "/api/stats") as r:
+            return json.load(r)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class Gophermart:
+    def __init__(self, accrual_url, bcrypt_cost=12, log_name="gophermart", extra=()):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(OUT, f"{log_name}.log"), "a")
+        self.args = [os.path.join(BIN, "gophermart"), "-a", f"127.0.0.1:{self.port}",
+                     "-d", DB, "-r", accrual_url, "--jwt-secret", JWT_SECRET,
+                     "--bcrypt-cost", str(bcrypt_cost), *EXTRA_FLAGS, *extra]
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=self.log)
+        ready = wait_http_ok(self.url + "/readyz", 60)
+        if ready is None:
+            sys.exit(f"bench: gophermart did not become ready (see {self.log.name})")
+        self.ready_seconds = time.monotonic() - started
+
+    def rss_kb(self):
+        return rss_kb(self.proc.pid, "VmRSS")
+
+    def peak_rss_kb(self):
+        return rss_kb(self.proc.pid, "VmHWM")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def loadgen(*args, capture=True):
+    cmd = [os.path.join(BIN, "loadgen"), *map(str, args)]
+    out = subprocess.run(cmd, check=True, capture_output=capture, text=True)
+    if capture:
+        if out.stderr.strip():
+            log(out.stderr.strip())
+        return json.loads(out.stdout) if out.stdout.strip() else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Load tools
+
+def run_wrk(url, script, clients, seconds, args, cpu=None):
+    threads = 1 if clients == 1 else 2
+    # wrk takes whole seconds.
+    cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s",
+           "-s", os.path.join(BENCH, "wrk", script), url, "--", *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if cpu:
+        cpu.start(proc.pid)
+        # The tool's own CPU time is read at the end from its rusage (below).
+    stdout, stderr = proc.communicate()
+    used = cpu.stop() if cpu else None
+    if proc.returncode != 0:
+        sys.exit(f"bench: wrk failed: {stdout}\n{stderr}")
+    line = next((l for l in stdout.splitlines() if l.startswith("WRKJSON ")), None)
+    if line is None:
+        sys.exit(f"bench: no figures from wrk: {stdout} {stderr}")
+    raw = json.loads(line[len("WRKJSON "):])
+    seconds_run = raw["duration_us"] / 1e6
+    errors = sum(raw["errors"].values())
+    result = {
+        "clients": clients,
+        "requests": raw["requests"],
+        "seconds": round(seconds_run, 3),
+        "rps": raw["requests"] / seconds_run,
+        "p50_ms": raw["latency_us"]["p50"] / 1000,
+        "p99_ms": raw["latency_us"]["p99"] / 1000,
+        "p999_ms": raw["latency_us"]["p999"] / 1000,
+        "max_ms": raw["latency_us"]["max"] / 1000,
+        "errors": errors,
+        "error_detail": raw["errors"],
+        "generated_per_thread": raw["generated_per_thread"],
+    }
+    if used:
+        result["cpu_seconds"] = used
+    return result
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def run_pgbench(script_path, clients, seconds, variables, sample_rate=None, cpu=None):
+    workdir = tempfile.mkdtemp(prefix="pgbench-", dir=OUT)
+    cmd = [PGBENCH, "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+           "-T", str(int(round(seconds))), "-f", script_path, "-l", "--log-prefix",
+           os.path.join(workdir, "tx")]
+    if sample_rate is None:
+        # Enough samples for p99.9 without writing a line per transaction of a fast script.
+        sample_rate = 0.2
+    cmd += ["--sampling-rate", str(sample_rate)]
+    for k, v in variables.items():
+        cmd += ["-D", f"{k}={v}"]
+    cmd.append(DB)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=workdir)
+    if cpu:
+        cpu.start(proc.pid)
+    stdout, stderr = proc.communicate()
+    used = cpu.stop() if cpu else None
+    if proc.returncode != 0:
+        sys.exit(f"bench: pgbench failed: {stdout}\n{stderr}")
+    tps = float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", stdout).group(1))
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", stdout).group(1))
+    failed_m = re.search(r"number of failed transactions: (\d+)", stdout)
+    latencies = []
+    for name in os.listdir(workdir):
+        with open(os.path.join(workdir, name)) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    latencies.append(int(parts[2]))
+    shutil.rmtree(workdir, ignore_errors=True)
+    latencies.sort()
+    result = {
+        "clients": clients,
+        "requests": processed,
+        "rps": tps,
+        "p50_ms": percentile(latencies, 0.5) / 1000,
+        "p99_ms": percentile(latencies, 0.99) / 1000,
+        "p999_ms": percentile(latencies, 0.999) / 1000,
+        "errors": int(failed_m.group(1)) if failed_m else 0,
+        "samples": len(latencies),
+    }
+    if used:
+        result["cpu_seconds"] = used
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases
+
+def machine_info():
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "cores": os.cpu_count(), "kernel": platform.release()}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                info["memory_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    info["load_average_at_start"] = os.getloadavg()
+    info["postgresql"] = psql("SHOW server_version")
+    info["postgresql_settings"] = {
+        k: psql(f"SHOW {k}") for k in
+        ["max_connections", "shared_buffers", "fsync", "synchronous_commit", "full_page_writes"]}
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    info["wrk"] = (wrk_version.stdout or wrk_version.stderr).split("[")[0].strip()
+    try:
+        info["commit"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                        capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        if dirty:
+            info["commit"] += " (with uncommitted changes)"
+    except OSError:
+        pass
+    return info
+
+
+def setup_users(gm):
+    tokens = {}
+    for group in ("read", "write"):
+        path = os.path.join(OUT, f"tokens-{group}.txt")
+        loadgen("register", "--base", gm.url, "--prefix", f"{group}-", "--count", USERS,
+                "--concurrency", 8, "--out", path)
+        tokens[group] = path
+    ids = {}
+    for group in ("read", "write"):
+        lo, hi, n = psql(f"SELECT min(id), max(id), count(*) FROM users WHERE login LIKE '{group}-%'").split("|")
+        if int(hi) - int(lo) + 1 != int(n):
+            log(f"warning: the {group} users' ids are not contiguous")
+        ids[group] = (int(lo), int(hi))
+    # Funds for every withdrawal of the run, and ten processed orders per read user (11 digits,
+    # Luhn-valid as the service checks what it reads back, PROCESSED, credited) so that the
+    # orders list has something to show.
+    psql("UPDATE accounts SET balance = 1000000000")
+    lo, hi = ids["read"]
+    rows = []
+    for u in range(lo, hi + 1):
+        for i in range(10):
+            number = luhn("1" + f"{u * 10 + i:09d}")
+            rows.append(f"('{number}', {u}, 'PROCESSED', {5 + i}.00, now() - interval '{i} hours', now())")
+    psql_script("INSERT INTO orders (number, user_id, status, accrual, uploaded_at, updated_at) VALUES\n"
+                + ",\n".join(rows) + ";")
+    psql("VACUUM ANALYZE")
+    return tokens, ids
+
+
+def grid(gm, accrual, tokens, results):
+    cpu = CpuMeter(gm.proc.pid, accrual.proc.pid)
+    upload_rate_guess = 3000.0
+    for li, clients in enumerate(LEVELS):
+        for name, _label, script, group in ENDPOINTS:
+            threads = 1 if clients == 1 else 2
+            runs = [("warmup", WARMUP), ("measured", DURATION)] if WARMUP > 0 else [("measured", DURATION)]
+            for phase, seconds in runs:
+                run_digit = "1" if phase == "measured" else "0"
+                extra = []
+                if name == "upload":
+                    prefix = f"{UPLOAD_PREFIX}{li}{run_digit}"
+                    # Register in the accrual system every number this run may upload (1.5x a
+                    # generous guess), so the worker finds each order at once, as in production.
+                    per_thread = int(upload_rate_guess * 1.5 * seconds / threads) + 1000
+                    loadgen("prereg", "--accrual", accrual.url, "--prefix", prefix,
+                            "--streams", threads, "--count", per_thread)
+                    extra = [prefix]
+                elif name == "withdraw":
+                    extra = [f"{WITHDRAW_PREFIX}{li}{run_digit}"]
+                if phase == "measured" and name != "upload":
+                    # (an upload run consumes its pre-registered numbers: not repeated; a
+                    # repeated withdraw run takes fresh numbers)
+                    attempt = [0]
+
+                    def run_point():
+                        attempt[0] += 1
+                        args = list(extra)
+                        if name == "withdraw":
+                            args = [f"{WITHDRAW_PREFIX}{li}{attempt[0]}"]
+                        return run_wrk(gm.url, script, clients, seconds, [tokens[group], *args], cpu)
+
+                    result = measured(run_point)
+                else:
+                    result = run_wrk(gm.url, script, clients, seconds, [tokens[group], *extra],
+                                     cpu if phase == "measured" else None)
+                    if phase == "measured":
+                        result["other_cores"] = round(other_cores(result), 3)
+                if name == "upload":
+                    generated = sum(result["generated_per_thread"])
+                    result["uploads_not_registered_in_accrual"] = max(
+                        0, sum(max(0, g - per_thread) for g in result["generated_per_thread"]))
+                    upload_rate_guess = max(upload_rate_guess, generated / seconds)
+                if phase == "measured":
+                    result["peak_rss_kb_so_far"] = gm.peak_rss_kb()
+                    results["grid"].setdefault(name, []).append(result)
+                    log(f"{name:8} c={clients:<3} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
+                        f"p99 {result['p99_ms']:.2f} ms  p99.9 {result['p999_ms']:.2f} ms  errors {result['errors']}")
+    # Let the accrual worker finish the last uploads before the next phase.
+    wait_queue_empty(60)
+
+
+def wait_queue_empty(timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if psql("SELECT count(*) FROM accrual_queue") == "0":
+            return True
+        time.sleep(0.5)
+    log("warning: the accrual queue did not drain")
+    return False
+
+
+def ceilings(ids, results):
+    cpu = CpuMeter()
+    for li, clients in enumerate(LEVELS):
+        for name, _label, _script, group in ENDPOINTS:
+            lo, hi = ids[group]
+            script = os.path.join(BENCH, "pgbench", f"{name}.sql")
+            variables = {"umin": lo, "umax": hi}
+            if WARMUP > 0:
+                run_pgbench(script, clients, max(1, WARMUP), variables)
+            result = measured(lambda: run_pgbench(script, clients, DURATION, variables, cpu=cpu))
+            results["ceiling"].setdefault(name, []).append(result)
+            log(f"pgbench {name:8} c={clients:<3} {result['rps']:8.0f} tx/s  p50 {result['p50_ms']:.2f} ms  "
+                f"p99 {result['p99_ms']:.2f} ms")
+    # The same SQL preceded by the pool's per-checkout `SELECT 1`, at 64 clients (or the
+    # highest level below): what the service's two round trips per request cost the database.
+    level = 64 if 64 in LEVELS else LEVELS[-1]
+    for name, _label, _script, group in ENDPOINTS:
+        lo, hi = ids[group]
+        combined = os.path.join(OUT, f"checkout+{name}.sql")
+        with open(combined, "w") as f:
+            for part in ("checkout", name):
+                with open(os.path.join(BENCH, "pgbench", f"{part}.sql")) as src:
+                    f.write(src.read())
+        result = measured(lambda: run_pgbench(combined, level, DURATION, {"umin": lo, "umax": hi}, cpu=cpu))
+        results["ceiling_with_checkout"][name] = result
+        log(f"pgbench checkout+{name:8} c={level:<3} {result['rps']:8.0f} tx/s")
+    # Evidence: the upload without its pg_notify (the NOTIFY lock serialises commits).
+    lo, hi = ids["write"]
+    result = measured(lambda: run_pgbench(os.path.join(BENCH, "pgbench", "upload-without-notify.sql"),
+                                          level, DURATION, {"umin": lo, "umax": hi}, cpu=cpu))
+    results["upload_without_notify"] = result
+    log(f"pgbench upload-without-notify c={level:<3} {result['rps']:8.0f} tx/s")
+    # pgbench's orders and withdrawals (15 digits) go, so that no worker ever asks about them.
+    psql("DELETE FROM orders WHERE length(number) = 15")
+    psql("DELETE FROM withdrawals WHERE length(order_number) = 15")
+    psql("VACUUM ANALYZE")
+
+
+def mixed(gm, accrual, tokens, results):
+    cpu = CpuMeter(gm.proc.pid, accrual.proc.pid)
+    cpu.start()
+    result = loadgen("mixed", "--base", gm.url, "--accrual", accrual.url, "--tokens",
+                     tokens["read"], "--clients", MIXED_CLIENTS, "--duration", MIXED_SECONDS,
+                     "--warmup", 2, "--prefix", MIXED_PREFIX)
+    result["cpu_seconds"] = cpu.stop()
+    result["peak_rss_kb_so_far"] = gm.peak_rss_kb()
+    results["mixed"] = result
+    log(f"mixed c={MIXED_CLIENTS}: {result['total']['rps']:.0f} req/s p99 {result['total']['p99_ms']:.2f} ms "
+        f"errors {result['total']['errors']}")
+    wait_queue_empty(60)
+
+
+def pipeline(gm, accrual, tokens, results):
+    with open(tokens["write"]) as f:
+        token = f.readline().strip()
+    stream = loadgen("stream", "--base", gm.url, "--accrual", accrual.url, "--token", token,
+                     "--rate", PIPELINE_RATE, "--count", PIPELINE_COUNT, "--prefix", PIPELINE_PREFIX)
+    like = f"{PIPELINE_PREFIX}0%"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pending = int(psql(f"SELECT count(*) FROM orders WHERE number LIKE '{like}' AND status NOT IN ('PROCESSED', 'INVALID')"))
+        if pending == 0:
+            break
+        time.sleep(0.2)
+    rows = psql(f"""SELECT count(*) FILTER (WHERE status = 'PROCESSED'),
+                           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM updated_at - uploaded_at)),
+                           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM updated_at - uploaded_at)),
+                           max(extract(epoch FROM updated_at - uploaded_at))
+                    FROM orders WHERE number LIKE '{like}'""").split("|")
+    result = {
+        "rate_per_s": PIPELINE_RATE,
+        "orders": PIPELINE_COUNT,
+        "processed": int(rows[0]),
+        "p50_ms": float(rows[1]) * 1000,
+        "p99_ms": float(rows[2]) * 1000,
+        "max_ms": float(rows[3]) * 1000,
+        "upload_latency": stream["uploads"],
+    }
+    results["pipeline"] = result
+    log(f"pipeline: {result['processed']}/{PIPELINE_COUNT} processed, upload->PROCESSED p50 "
+        f"{result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms")
+
+
+def storm(gm, tokens, results):
+    # Users whose hashes have the service's default cost (12), made by this instance.
+    started = time.monotonic()
+    storm_tokens = os.path.join(OUT, "tokens-storm.txt")
+    loadgen("register", "--base", gm.url, "--prefix", "storm-", "--count", STORM_USERS,
+            "--concurrency", 4, "--out", storm_tokens)
+    register_seconds = time.monotonic() - started
+    cpu = CpuMeter(gm.proc.pid)
+    baseline = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
+                       [tokens["read"]], cpu)
+    login_cmd = ["wrk", "-t", "1", "-c", str(STORM_LOGIN_CLIENTS), "-d", f"{2 * round(STORM_SECONDS) + 4}s",
+                 "--timeout", "60s", "-s", os.path.join(BENCH, "wrk", "login.lua"), gm.url,
+                 "--", tokens["read"], "storm-", str(STORM_USERS)]
+    login = subprocess.Popen(login_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the hashing queue fills up first
+    during = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
+                     [tokens["read"]], cpu)
+    # Experiment: the thread hashing passwords given the lowest priority (nice 19), as a
+    # dedicated low-priority hashing thread would be; the same balance run again.
+    hot = hot_threads(gm.proc.pid, 1.0)
+    for tid in hot:
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    niced = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
+                    [tokens["read"]], cpu)
+    niced["niced_threads"] = [thread_name(gm.proc.pid, tid) for tid in hot]
+    stdout, stderr = login.communicate()
+    line = next((l for l in stdout.splitlines() if l.startswith("WRKJSON ")), None)
+    if line is None:
+        sys.exit(f"bench: no figures from the login wrk: {stdout} {stderr}")
+    raw = json.loads(line[len("WRKJSON "):])
+    login_result = {
+        "clients": STORM_LOGIN_CLIENTS,
+        "requests": raw["requests"],
+        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "p50_ms": raw["latency_us"]["p50"] / 1000,
+        "p99_ms": raw["latency_us"]["p99"] / 1000,
+        "errors": sum(raw["errors"].values()),
+        "error_detail": raw["errors"],
+    }
+    results["storm"] = {
+        "balance_clients": STORM_BALANCE_CLIENTS,
+        "seconds": STORM_SECONDS,
+        "baseline": baseline,
+        "during": during,
+        "during_hashing_thread_niced": niced,
+        "logins": login_result,
+        "register_seconds_for_cost_12": round(register_seconds, 2),
+        "storm_users": STORM_USERS,
+        "peak_rss_kb_so_far": gm.peak_rss_kb(),
+    }
+    log(f"storm: balance p99 {baseline['p99_ms']:.2f} ms alone, {during['p99_ms']:.2f} ms during "
+        f"{login_result['rps']:.1f} logins/s")
+
+
+def rate_limited(tokens, results):
+    accrual = Accrual(rate_limit=RATE_N, log_name="accrual-limited")
+    gm = Gophermart(accrual.url, log_name="gophermart-limited")
+    try:
+        with open(tokens["write"]) as f:
+            token = f.readlines()[1].strip()
+        backlog = int(RATE_N * (RATE_SECONDS / 60 + 1))
+        loadgen("prereg", "--accrual", accrual.url, "--prefix", RATE_PREFIX, "--count", backlog)
+        t0 = time.time()
+        loadgen("stream", "--base", gm.url, "--accrual", accrual.url, "--token", token,
+                "--rate", 500, "--count", backlog, "--prefix", RATE_PREFIX, "--no-prereg")
+        uploaded = time.time() - t0
+        seconds_left = RATE_SECONDS - (time.time() - t0)
+        if seconds_left > 0:
+            time.sleep(seconds_left)
+        end = t0 + RATE_SECONDS
+        stats = accrual.stats()
+        like = f"{RATE_PREFIX}0%"
+        times = [float(x) for x in psql(
+            f"SELECT extract(epoch FROM updated_at) FROM orders WHERE number LIKE '{like}' "
+            f"AND status = 'PROCESSED' ORDER BY updated_at").split()]
+        in_window = [t for t in times if t0 <= t <= end]
+        per_minute = len(in_window) / (RATE_SECONDS / 60)
+        # Steady state: after the longest gap (the pause the first 429 imposes).
+        steady = None
+        if len(in_window) > 2:
+            gaps = [(in_window[i + 1] - in_window[i], i + 1) for i in range(len(in_window) - 1)]
+            gap, index = max(gaps)
+            resume = in_window[index]
+            if end - resume > 10:
+                steady = {"pause_seconds": round(gap, 2),
+                          "from_seconds": round(resume - t0, 1),
+                          "per_minute": (len(in_window) - index) / (end - resume) * 60}
+        result = {
+            "limit_per_minute": RATE_N,
+            "window_seconds": RATE_SECONDS,
+            "backlog": backlog,
+            "upload_seconds": round(uploaded, 2),
+            "completed_in_window": len(in_window),
+            "per_minute": per_minute,
+            "fraction_of_limit": per_minute / RATE_N,
+            "steady": steady,
+            "steady_fraction_of_limit": steady["per_minute"] / RATE_N if steady else None,
+            "rate_limited_429": stats["rate_limited"],
+            "accrual_stats": stats,
+        }
+        results["rate_limit"] = result
+        log(f"rate limit {RATE_N}/min: {len(in_window)} completed in {RATE_SECONDS:.0f} s = "
+            f"{per_minute:.1f}/min ({per_minute / RATE_N:.2f} N), 429s: {stats['rate_limited']}")
+    finally:
+        gm.stop()
+        accrual.stop()
+
+
+def main():
+    if not DB:
+        sys.exit("bench: DATABASE_URI is not set (run through make bench)")
+    os.makedirs(OUT, exist_ok=True)
+    for name in os.listdir(OUT):
+        if name.endswith(".log"):
+            os.remove(os.path.join(OUT, name))
+    started = time.monotonic()
+    results = {"machine": machine_info(), "settings": {
+        "duration_s": DURATION, "warmup_s": WARMUP, "levels": LEVELS, "users_per_set": USERS,
+        "rate_limit_per_minute": RATE_N, "rate_window_s": RATE_SECONDS,
+        "storm_s": STORM_SECONDS, "mixed_s": MIXED_SECONDS, "mixed_clients": MIXED_CLIENTS,
+        "pipeline_rate_per_s": PIPELINE_RATE, "pipeline_orders": PIPELINE_COUNT,
+        "gophermart_flags": "defaults (pool 16, one HTTP worker per core, bcrypt cost 12, RUST_LOG unset = info)"
+                            + (f"; plus {' '.join(EXTRA_FLAGS)}" if EXTRA_FLAGS else ""),
+        "binaries": BIN,
+    }, "grid": {}, "ceiling": {}, "ceiling_with_checkout": {}, "startup": {}, "rss_kb": {}}
+    log(f"machine: {results['machine']['cores']} cores, {results['machine']['memory_gib']} GiB, "
+        f"load {results['machine']['load_average_at_start']}")
+
+    accrual = Accrual()
+    try:
+        # Start-up on an empty database: the migrations are applied by this start.
+        setup_gm = Gophermart(accrual.url, bcrypt_cost=4, log_name="gophermart-setup")
+        results["startup"]["first_start_with_migrations_s"] = setup_gm.ready_seconds
+        time.sleep(1)
+        results["rss_kb"]["idle_after_start"] = setup_gm.rss_kb()
+        tokens, ids = setup_users(setup_gm)
+        setup_gm.stop()
+        warm = []
+        for _ in range(4):
+            gm = Gophermart(accrual.url, log_name="gophermart-restarts")
+            warm.append(gm.ready_seconds)
+            gm.stop()
+        # The same with bcrypt cost 4: BcryptHasher computes a dummy hash of the configured cost
+        # before the server starts, so the difference is that hash's time.
+        cheap = []
+        for _ in range(2):
+            gm = Gophermart(accrual.url, bcrypt_cost=4, log_name="gophermart-restarts")
+            cheap.append(gm.ready_seconds)
+            gm.stop()
+        results["startup"]["restarts_bcrypt_cost_4_s"] = cheap
+        gm = Gophermart(accrual.url)
+        warm.append(gm.ready_seconds)
+        results["startup"]["restarts_s"] = warm
+        results["startup"]["restart_median_s"] = statistics.median(warm)
+        time.sleep(1)
+        results["rss_kb"]["idle_measured_instance"] = gm.rss_kb()
+        log(f"ready after {results['startup']['first_start_with_migrations_s'] * 1000:.0f} ms (empty database), "
+            f"median {results['startup']['restart_median_s'] * 1000:.0f} ms (migrated); "
+            f"idle RSS {results['rss_kb']['idle_measured_instance'] / 1024:.1f} MiB")
+
+        if "grid" not in SKIP:
+            grid(gm, accrual, tokens, results)
+        results["rss_kb"]["peak_after_endpoints"] = gm.peak_rss_kb()
+        gm.stop()
+
+        if "ceiling" not in SKIP:
+            ceilings(ids, results)
+
+        gm = Gophermart(accrual.url)
+        results["startup"]["restarts_s"].append(gm.ready_seconds)
+        if "mixed" not in SKIP:
+            mixed(gm, accrual, tokens, results)
+        if "pipeline" not in SKIP:
+            pipeline(gm, accrual, tokens, results)
+        if "storm" not in SKIP:
+            storm(gm, tokens, results)
+        results["rss_kb"]["peak_after_mixed_pipeline_storm"] = gm.peak_rss_kb()
+        gm.stop()
+    finally:
+        accrual.stop()
+
+    if "ratelimit" not in SKIP:
+        rate_limited(tokens, results)
+
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["total_seconds"] = round(time.monotonic() - started, 1)
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    subprocess.run([sys.executable, os.path.join(BENCH, "report.py"), os.path.join(OUT, "results.json"),
+                    os.path.join(OUT, "results.md")], check=True)
+    subprocess.run([sys.executable, os.path.join(BENCH, "plot.py"), os.path.join(OUT, "results.json"),
+                    os.path.join(OUT, "throughput.svg")], check=True)
+    log(f"done in {results['total_seconds']:.0f} s: {OUT}/results.md, results.json, throughput.svg")
+
+
+if __name__ == "__main__":
+    main()
