@@ -77,20 +77,20 @@ def panel(name, grid, ceiling, ox, oy):
 def main():
     with open(sys.argv[1]) as f:
         results = json.load(f)
-    width, height = PANEL_W * 2, PANEL_H * 2 + 60
+    width, height = PANEL_W * 2, PANEL_H * 2 + 80
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
              f'<rect width="{width}" height="{height}" fill="white"/>']
     m = results.get("machine", {})
-    parts.append(f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">Gophermart throughput against concurrency, beside the pgbench ceiling of the same SQL ({escape(str(m.get("cores", "?")))} cores, {escape(m.get("date", ""))})</text>')
+    parts.append(f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="13">Throughput against concurrency: Gophermart beside the pgbench ceiling ({escape(str(m.get("cores", "?")))} cores, {escape(m.get("date", ""))})</text>')
     for i, name in enumerate(ORDER):
         ox = (i % 2) * PANEL_W
         oy = 30 + (i // 2) * PANEL_H
         parts += panel(name, results.get("grid", {}).get(name, []), results.get("ceiling", {}).get(name, []), ox, oy)
-    ly = height - 18
+    ly = height - 38
     parts.append(f'<line x1="40" y1="{ly}" x2="70" y2="{ly}" stroke="{COLORS["gophermart"]}" stroke-width="2"/>')
     parts.append(f'<text x="76" y="{ly + 4}">Gophermart over HTTP (wrk); the figure above each point is the ratio to the ceiling</text>')
-    parts.append(f'<line x1="560" y1="{ly}" x2="590" y2="{ly}" stroke="{COLORS["ceiling"]}" stroke-width="2" stroke-dasharray="6,4"/>')
-    parts.append(f'<text x="596" y="{ly + 4}">pgbench ceiling</text>')
+    parts.append(f'<line x1="40" y1="{ly + 20}" x2="70" y2="{ly + 20}" stroke="{COLORS["ceiling"]}" stroke-width="2" stroke-dasharray="6,4"/>')
+    parts.append(f'<text x="76" y="{ly + 24}">pgbench running the endpoint\'s SQL at the same concurrency (the ceiling)</text>')
     parts.append("</svg>")
     with open(sys.argv[2], "w") as f:
         f.write("\n".join(parts) + "\n")

@@ -197,14 +197,14 @@ def report(r):
         w(f"{lg['clients']} clients sign in flat out (bcrypt cost 12, {sm['storm_users']} users) while "
           f"{sm['balance_clients']} clients read their balance, {sm['seconds']:g} s:")
         w("")
-        w("| balance | req/s | p50 | p99 | p99.9 | errors |")
-        w("|---|---:|---:|---:|---:|---:|")
-        w(f"| alone | {fmt(b['rps'], 0)} | {fmt(b['p50_ms'], 2)} | {fmt(b['p99_ms'], 2)} | {fmt(b['p999_ms'], 2)} | {b['errors']} |")
-        w(f"| during the storm | {fmt(d['rps'], 0)} | {fmt(d['p50_ms'], 2)} | {fmt(d['p99_ms'], 2)} | {fmt(d['p999_ms'], 2)} | {d['errors']} |")
+        w("| balance | req/s | p50 | p99 | p99.9 | errors | other load |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        w(f"| alone | {fmt(b['rps'], 0)} | {fmt(b['p50_ms'], 2)} | {fmt(b['p99_ms'], 2)} | {fmt(b['p999_ms'], 2)} | {b['errors']} | {fmt(b.get('other_cores'), 2)} |")
+        w(f"| during the storm | {fmt(d['rps'], 0)} | {fmt(d['p50_ms'], 2)} | {fmt(d['p99_ms'], 2)} | {fmt(d['p999_ms'], 2)} | {d['errors']} | {fmt(d.get('other_cores'), 2)} |")
         n = sm.get("during_hashing_thread_niced")
         if n:
             w(f"| during the storm, hashing thread at nice 19 (experiment) | {fmt(n['rps'], 0)} | {fmt(n['p50_ms'], 2)} | "
-              f"{fmt(n['p99_ms'], 2)} | {fmt(n['p999_ms'], 2)} | {n['errors']} |")
+              f"{fmt(n['p99_ms'], 2)} | {fmt(n['p999_ms'], 2)} | {n['errors']} | {fmt(n.get('other_cores'), 2)} |")
         w("")
         w(f"Sign-ins meanwhile: {lg['rps']:.1f}/s, p50 {lg['p50_ms']:.0f} ms, p99 {lg['p99_ms']:.0f} ms, "
           f"errors {lg['errors']}.")

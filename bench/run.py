@@ -26,6 +26,7 @@ BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gopherma
 pipeline, storm, ratelimit).
 """
 
+import atexit
 import datetime
 import json
 import math
@@ -298,6 +299,24 @@ def parse_url(url):
     return m.group(1), int(m.group(2)), m.group(3) or "/"
 
 
+# Every service process started, so that none outlives the benchmark whatever ends it.
+STARTED = []
+
+
+def stop_all():
+    for proc in STARTED:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+atexit.register(stop_all)
+
+
 class Accrual:
     def __init__(self, rate_limit=0, log_name="accrual"):
         self.port = free_port()
@@ -307,6 +326,7 @@ class Accrual:
                 "--processing-delay-ms", "0", "--rate-limit", str(rate_limit)]
         env = dict(os.environ, RUST_LOG="warn")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, env=env)
+        STARTED.append(self.proc)
         if wait_http_ok(self.url + "/healthz", 30) is None:
             sys.exit("bench: the accrual system did not start")
 
@@ -334,6 +354,7 @@ class Gophermart:
                      "--bcrypt-cost", str(bcrypt_cost), *EXTRA_FLAGS, *extra]
         started = time.monotonic()
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=self.log)
+        STARTED.append(self.proc)
         ready = wait_http_ok(self.url + "/readyz", 60)
         if ready is None:
             sys.exit(f"bench: gophermart did not become ready (see {self.log.name})")
@@ -675,6 +696,8 @@ def storm(gm, tokens, results):
             "--concurrency", 4, "--out", storm_tokens)
     register_seconds = time.monotonic() - started
     cpu = CpuMeter(gm.proc.pid)
+    # The same warm-up as the endpoint grid's, so "alone" compares with its figures.
+    run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, max(1, WARMUP), [tokens["read"]])
     baseline = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
                        [tokens["read"]], cpu)
     login_cmd = ["wrk", "-t", "1", "-c", str(STORM_LOGIN_CLIENTS), "-d", f"{2 * round(STORM_SECONDS) + 4}s",
@@ -706,6 +729,8 @@ def storm(gm, tokens, results):
         "errors": sum(raw["errors"].values()),
         "error_detail": raw["errors"],
     }
+    for result in (baseline, during, niced):
+        result["other_cores"] = round(other_cores(result), 3)
     results["storm"] = {
         "balance_clients": STORM_BALANCE_CLIENTS,
         "seconds": STORM_SECONDS,
@@ -863,4 +888,5 @@ def main():
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

@@ -119,15 +119,21 @@ impl AccrualQueue for PgStore {
         .load(&mut conn)
         .await
         .map_err(from_diesel)?;
-        claimed
+        // An entry whose stored number cannot be read is left leased and reported, so that it
+        // cannot stop the rest of the batch; the schema's checks make this a corrupted row.
+        Ok(claimed
             .into_iter()
-            .map(|c| {
-                Ok(QueueEntry {
-                    order: order_number(&c.order_number)?,
+            .filter_map(|c| match order_number(&c.order_number) {
+                Ok(order) => Some(QueueEntry {
+                    order,
                     attempts: u32::try_from(c.attempts).unwrap_or(0),
-                })
+                }),
+                Err(error) => {
+                    tracing::error!(order = %c.order_number, %error, "unreadable queue entry skipped");
+                    None
+                }
             })
-            .collect()
+            .collect())
     }
 
     async fn finish(

@@ -592,3 +592,37 @@ async fn migrations_are_all_applied_to_a_test_database() {
         .expect("migrated")
         .is_empty());
 }
+
+#[tokio::test]
+async fn an_unreadable_queue_entry_does_not_stop_the_others() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    let alice = user(&store, "alice").await;
+    let now = Utc::now();
+    store.insert(alice, &number(1), now).await.expect("insert");
+    // A row written around the service: digits, but a wrong checksum.
+    let mut conn =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(db.url())
+            .await
+            .expect("connect");
+    diesel::sql_query(format!(
+        "WITH o AS (INSERT INTO orders (number, user_id, uploaded_at) VALUES ('12345678902', {}, now()) RETURNING number)
+         INSERT INTO accrual_queue (order_number, next_attempt_at) SELECT number, now() - interval '1 minute' FROM o",
+        alice.0
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("corrupt row written");
+
+    let claimed = store
+        .claim(
+            10,
+            now + chrono::Duration::seconds(1),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("claim");
+
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].order, number(1));
+}
