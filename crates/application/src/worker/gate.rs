@@ -9,6 +9,8 @@ use tokio::time::Instant;
 struct GateState {
     paused_until: Option<Instant>,
     interval: Option<Duration>,
+    /// When the pace was last confirmed by a 429; it lapses after [`PACE_LAPSES_AFTER`].
+    paced_at: Option<Instant>,
     next_slot: Option<Instant>,
     paused_total: Duration,
 }
@@ -29,6 +31,10 @@ impl Default for RateGate {
 /// sliding one-minute window on the other side never sees more than the limit.
 const PACING_MARGIN: f64 = 1.02;
 
+/// A pace not confirmed by another 429 for this long is dropped, so that a lifted or raised
+/// limit is noticed; a limit still in force answers one more 429 and the pace returns.
+pub const PACE_LAPSES_AFTER: Duration = Duration::from_secs(300);
+
 impl RateGate {
     /// An open gate with no pace.
     #[must_use]
@@ -37,6 +43,7 @@ impl RateGate {
             state: Mutex::new(GateState {
                 paused_until: None,
                 interval: None,
+                paced_at: None,
                 next_slot: None,
                 paused_total: Duration::ZERO,
             }),
@@ -44,9 +51,18 @@ impl RateGate {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state
+        let mut state = self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state
+            .paced_at
+            .is_some_and(|at| at + PACE_LAPSES_AFTER <= Instant::now())
+        {
+            state.interval = None;
+            state.paced_at = None;
+        }
+        state
     }
 
     /// Closes the gate for everyone for `duration` (extending, never shortening, a pause).
@@ -72,6 +88,7 @@ impl RateGate {
                 .div_f64(f64::from(per_minute))
                 .mul_f64(PACING_MARGIN)
         });
+        state.paced_at = Some(Instant::now());
     }
 
     /// Total time the gate has been closed by pauses.
@@ -202,6 +219,22 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1020)).await;
         assert_eq!(gate.ready_at(), None);
         assert_eq!(gate.try_acquire(), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pace_lapses_when_no_429_confirms_it() {
+        let gate = RateGate::new();
+        gate.pace(1);
+        assert!(gate.is_paced());
+
+        tokio::time::advance(PACE_LAPSES_AFTER).await;
+
+        assert!(!gate.is_paced());
+        let start = Instant::now();
+        for _ in 0..10 {
+            gate.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
