@@ -60,6 +60,13 @@ pub fn problem(status: StatusCode, detail: impl Into<Option<String>>) -> HttpRes
     response.json(body)
 }
 
+/// The problem response of a handler's error: its status, and its message as the detail when
+/// it is the client's error (server failures say nothing more than their status).
+pub fn error_problem<E: actix_web::ResponseError>(error: &E) -> HttpResponse {
+    let status = error.status_code();
+    problem(status, status.is_client_error().then(|| error.to_string()))
+}
+
 /// The status for a storage failure: 503 when the database is out of reach (worth retrying),
 /// 500 otherwise. Both are logged with their whole cause chain; the body says nothing more.
 pub fn repository_status(error: &RepositoryError) -> StatusCode {

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use crate::{
     auth::with_credentials,
     openapi::{Internal, PayloadTooLarge, Unavailable},
-    problem::{log_chain, problem, repository_status, Problem},
+    problem::{error_problem, log_chain, repository_status, Problem},
     routes::json::JsonObject,
     AppState,
 };
@@ -49,14 +49,8 @@ impl CredentialsBody {
     }
 }
 
-impl std::fmt::Debug for RegisterHandlerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
-}
-
 /// Why registration was refused.
-#[derive(thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RegisterHandlerError {
     #[error("{0}")]
     Malformed(String),
@@ -75,25 +69,17 @@ impl ResponseError for RegisterHandlerError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        let detail = status.is_client_error().then(|| self.to_string());
-        problem(status, detail)
+        error_problem(self)
     }
 }
 
 /// Why signing in was refused.
-#[derive(thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum LogInHandlerError {
     #[error("{0}")]
     Malformed(String),
     #[error(transparent)]
     UseCase(#[from] LogInError),
-}
-
-impl std::fmt::Debug for LogInHandlerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
 }
 
 impl ResponseError for LogInHandlerError {
@@ -108,9 +94,7 @@ impl ResponseError for LogInHandlerError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        let detail = status.is_client_error().then(|| self.to_string());
-        let mut response = problem(status, detail);
+        let mut response = error_problem(self);
         if let Self::UseCase(LogInError::Throttled { retry_after }) = self {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             if let Ok(value) = header::HeaderValue::from_str(&seconds.max(1).to_string()) {

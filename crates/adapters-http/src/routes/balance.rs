@@ -12,7 +12,7 @@ use crate::{
     openapi::{
         money_schema, positive_money_schema, Internal, PayloadTooLarge, Unauthorized, Unavailable,
     },
-    problem::{problem, repository_status, Problem},
+    problem::{error_problem, repository_status, Problem},
     routes::{
         json::{decimal, money, rfc3339, JsonObject},
         orders::ReadError,
@@ -92,7 +92,7 @@ impl WithdrawBody {
 }
 
 /// Why a withdrawal was refused.
-#[derive(thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum WithdrawHandlerError {
     #[error("{0}")]
     InvalidOrder(String),
@@ -100,12 +100,6 @@ pub enum WithdrawHandlerError {
     InvalidSum(String),
     #[error(transparent)]
     UseCase(#[from] WithdrawError),
-}
-
-impl std::fmt::Debug for WithdrawHandlerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
 }
 
 impl ResponseError for WithdrawHandlerError {
@@ -121,9 +115,7 @@ impl ResponseError for WithdrawHandlerError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        let detail = status.is_client_error().then(|| self.to_string());
-        problem(status, detail)
+        error_problem(self)
     }
 }
 

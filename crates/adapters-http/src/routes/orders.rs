@@ -17,13 +17,13 @@ use crate::{
     openapi::{
         money_schema, Internal, OrderNumberText, PayloadTooLarge, Unauthorized, Unavailable,
     },
-    problem::{problem, repository_status, Problem},
+    problem::{error_problem, problem, repository_status, Problem},
     routes::json::{optional_money, rfc3339},
     AppState, AuthenticatedUser,
 };
 
 /// Why an upload was refused.
-#[derive(thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum UploadHandlerError {
     #[error("{0}")]
     Malformed(String),
@@ -31,12 +31,6 @@ pub enum UploadHandlerError {
     InvalidNumber(#[from] domain::OrderNumberError),
     #[error(transparent)]
     UseCase(#[from] UploadOrderError),
-}
-
-impl std::fmt::Debug for UploadHandlerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
 }
 
 impl ResponseError for UploadHandlerError {
@@ -50,9 +44,7 @@ impl ResponseError for UploadHandlerError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        let detail = status.is_client_error().then(|| self.to_string());
-        problem(status, detail)
+        error_problem(self)
     }
 }
 
