@@ -22,9 +22,28 @@ use rust_decimal::Decimal;
 use crate::{
     error::{from_diesel, is_unique_violation},
     models::{money, WithdrawalRow},
+    prepared::prepared_statement,
     schema::{accounts, withdrawals},
     PgStore,
 };
+
+prepared_statement! {
+    /// Debits the account when it holds the sum, and records the withdrawal.
+    struct Withdraw {
+        user: i64 => Int8,
+        sum: Decimal => Numeric,
+        order: String => Text,
+        at: DateTime<Utc> => Timestamptz,
+    }
+    "WITH debit AS (
+         UPDATE accounts
+         SET balance = balance - $2, withdrawn = withdrawn + $2
+         WHERE user_id = $1 AND balance >= $2
+         RETURNING user_id)
+     INSERT INTO withdrawals (order_number, user_id, sum, processed_at)
+     SELECT $3, user_id, $2, $4 FROM debit
+     RETURNING id"
+}
 
 #[derive(QueryableByName)]
 struct WithdrawalId {
@@ -61,20 +80,12 @@ impl LedgerRepository for PgStore {
         at: DateTime<Utc>,
     ) -> Result<WithdrawOutcome, RepositoryError> {
         let mut conn = self.conn().await?;
-        let result: Result<Option<WithdrawalId>, _> = diesel::sql_query(
-            "WITH debit AS (
-                 UPDATE accounts
-                 SET balance = balance - $2, withdrawn = withdrawn + $2
-                 WHERE user_id = $1 AND balance >= $2
-                 RETURNING user_id)
-             INSERT INTO withdrawals (order_number, user_id, sum, processed_at)
-             SELECT $3, user_id, $2, $4 FROM debit
-             RETURNING id",
-        )
-        .bind::<Int8, _>(user.0)
-        .bind::<Numeric, _>(sum.amount())
-        .bind::<Text, _>(order.as_str())
-        .bind::<Timestamptz, _>(at)
+        let result: Result<Option<WithdrawalId>, _> = Withdraw {
+            user: user.0,
+            sum: sum.amount(),
+            order: order.as_str().to_owned(),
+            at,
+        }
         .get_result(&mut conn)
         .await
         .optional();

@@ -11,13 +11,14 @@ mod migrations;
 mod models;
 mod orders;
 mod pool;
+mod prepared;
 mod queue;
 mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod users;
 
-pub use listener::{listen_for_queued_orders, QUEUE_CHANNEL};
+pub use listener::{listen_for_queued_orders, ANNOUNCE_INTERVAL, QUEUE_CHANNEL};
 pub use migrations::{pending_migrations, run_migrations, MigrationError, MIGRATIONS};
 pub use pool::{PgPool, PgPoolConfig, PgStore, PoolStatus};
 pub use queue::QueueDepth;

@@ -1,8 +1,9 @@
 //! [`OrderRepository`] in PostgreSQL.
 //!
-//! An upload inserts the order, its queue entry and a notification to the workers in one
-//! statement; a number that exists is found through the unique constraint, so concurrent
-//! uploads of one number store it exactly once.
+//! An upload inserts the order and its queue entry in one statement; a number that exists is
+//! found through the unique constraint, so concurrent uploads of one number store it exactly
+//! once. The workers are told after the commit (see [`crate::listener`]): a `NOTIFY` inside
+//! the upload would make uploads commit one at a time.
 
 use application::{
     ports::orders::{InsertOrderOutcome, OrderRepository},
@@ -18,8 +19,27 @@ use diesel_async::RunQueryDsl;
 use domain::{Order, OrderNumber, UserId};
 
 use crate::{
-    error::from_diesel, listener::QUEUE_CHANNEL, models::OrderRow, schema::orders, PgStore,
+    error::from_diesel, models::OrderRow, prepared::prepared_statement, schema::orders, PgStore,
 };
+
+prepared_statement! {
+    /// Stores a new order with its queue entry; nothing when the number exists.
+    struct InsertOrder {
+        number: String => Text,
+        user: i64 => Int8,
+        uploaded_at: DateTime<Utc> => Timestamptz,
+    }
+    "WITH ins AS (
+         INSERT INTO orders (number, user_id, status, uploaded_at)
+         VALUES ($1, $2, 'NEW', $3)
+         ON CONFLICT (number) DO NOTHING
+         RETURNING number),
+     q AS (
+         INSERT INTO accrual_queue (order_number, next_attempt_at)
+         SELECT number, $3 FROM ins
+         RETURNING order_number)
+     SELECT count(*) AS inserted FROM q"
+}
 
 #[derive(QueryableByName)]
 struct Inserted {
@@ -36,26 +56,16 @@ impl OrderRepository for PgStore {
         uploaded_at: DateTime<Utc>,
     ) -> Result<InsertOrderOutcome, RepositoryError> {
         let mut conn = self.conn().await?;
-        let inserted: Inserted = diesel::sql_query(format!(
-            "WITH ins AS (
-                 INSERT INTO orders (number, user_id, status, uploaded_at)
-                 VALUES ($1, $2, 'NEW', $3)
-                 ON CONFLICT (number) DO NOTHING
-                 RETURNING number),
-             q AS (
-                 INSERT INTO accrual_queue (order_number, next_attempt_at)
-                 SELECT number, $3 FROM ins
-                 RETURNING order_number),
-             n AS (SELECT pg_notify('{QUEUE_CHANNEL}', order_number) FROM q)
-             SELECT count(*) AS inserted FROM n"
-        ))
-        .bind::<Text, _>(number.as_str())
-        .bind::<Int8, _>(user.0)
-        .bind::<Timestamptz, _>(uploaded_at)
+        let inserted: Inserted = InsertOrder {
+            number: number.as_str().to_owned(),
+            user: user.0,
+            uploaded_at,
+        }
         .get_result(&mut conn)
         .await
         .map_err(from_diesel)?;
         if inserted.inserted > 0 {
+            self.order_queued();
             return Ok(InsertOrderOutcome::Inserted);
         }
         let owner: i64 = orders::table

@@ -19,13 +19,110 @@ use diesel::{
 };
 use diesel_async::RunQueryDsl;
 use domain::{Money, OrderNumber};
+use rust_decimal::Decimal;
 
 use crate::{
     error::{corrupt, from_diesel},
     models::{order_number, DbQueueStatus},
-    schema::accrual_queue,
+    prepared::prepared_statement,
+    schema::{accrual_queue, sql_types::QueueStatus},
     PgStore,
 };
+
+prepared_statement! {
+    /// Leases up to `limit` due entries that no live lease holds, earliest due first.
+    struct Claim {
+        limit: i64 => Int8,
+        now: DateTime<Utc> => Timestamptz,
+        lease_until: DateTime<Utc> => Timestamptz,
+    }
+    "UPDATE accrual_queue q
+     SET locked_until = $3, updated_at = $2
+     FROM (
+         SELECT order_number FROM accrual_queue
+         WHERE next_attempt_at <= $2 AND (locked_until IS NULL OR locked_until <= $2)
+         ORDER BY next_attempt_at
+         LIMIT $1
+         FOR UPDATE SKIP LOCKED) due
+     WHERE q.order_number = due.order_number
+     RETURNING q.order_number, q.attempts"
+}
+
+prepared_statement! {
+    /// Marks an unfinished order `PROCESSED`, credits its accrual to the owner and drops its
+    /// queue entry; nothing when the order is already final.
+    struct CreditProcessed {
+        order: String => Text,
+        accrual: Option<Decimal> => Nullable<Numeric>,
+    }
+    "WITH o AS (
+         UPDATE orders SET status = 'PROCESSED', accrual = $2, updated_at = now()
+         WHERE number = $1 AND status IN ('NEW', 'PROCESSING')
+         RETURNING user_id),
+     a AS (
+         UPDATE accounts SET balance = accounts.balance + COALESCE($2, 0)
+         FROM o WHERE accounts.user_id = o.user_id),
+     d AS (DELETE FROM accrual_queue WHERE order_number = $1)
+     SELECT count(*) AS count FROM o"
+}
+
+prepared_statement! {
+    /// Marks an unfinished order `INVALID` and drops its queue entry.
+    struct MarkInvalid {
+        order: String => Text,
+    }
+    "WITH o AS (
+         UPDATE orders SET status = 'INVALID', updated_at = now()
+         WHERE number = $1 AND status IN ('NEW', 'PROCESSING')
+         RETURNING user_id),
+     d AS (DELETE FROM accrual_queue WHERE order_number = $1)
+     SELECT count(*) AS count FROM o"
+}
+
+prepared_statement! {
+    /// Shows a `NEW` order as `PROCESSING`.
+    struct MarkProcessing {
+        order: String => Text,
+    }
+    "UPDATE orders SET status = 'PROCESSING', updated_at = now()
+     WHERE number = $1 AND status = 'NEW'"
+}
+
+prepared_statement! {
+    /// Ends an entry's lease and makes it due again at `due_at`; a failure counts an attempt.
+    struct Reschedule {
+        order: String => Text,
+        status: DbQueueStatus => QueueStatus,
+        due_at: DateTime<Utc> => Timestamptz,
+        failed: i32 => Int4,
+        failure: Option<String> => Nullable<Text>,
+    }
+    "UPDATE accrual_queue
+     SET status = $2, next_attempt_at = $3, locked_until = NULL,
+         attempts = attempts + $4, last_error = $5, updated_at = now()
+     WHERE order_number = $1"
+}
+
+prepared_statement! {
+    /// Ends the leases of entries that were claimed and not asked about.
+    struct Release {
+        numbers: Vec<String> => Array<Text>,
+    }
+    "UPDATE accrual_queue SET locked_until = NULL WHERE order_number = ANY($1)"
+}
+
+prepared_statement! {
+    /// When the earliest entry becomes claimable: due, and its lease (if any) over.
+    struct EarliestDue {}
+    "SELECT min(GREATEST(next_attempt_at, COALESCE(locked_until, next_attempt_at))) AS due
+     FROM accrual_queue"
+}
+
+#[derive(QueryableByName)]
+struct NextDue {
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    due: Option<DateTime<Utc>>,
+}
 
 #[derive(QueryableByName)]
 struct Claimed {
@@ -101,21 +198,11 @@ impl AccrualQueue for PgStore {
             + chrono::Duration::from_std(lease)
                 .map_err(|e| corrupt(format!("lease {lease:?}: {e}")))?;
         let mut conn = self.conn().await?;
-        let claimed: Vec<Claimed> = diesel::sql_query(
-            "UPDATE accrual_queue q
-             SET locked_until = $3, updated_at = $2
-             FROM (
-                 SELECT order_number FROM accrual_queue
-                 WHERE next_attempt_at <= $2 AND (locked_until IS NULL OR locked_until <= $2)
-                 ORDER BY next_attempt_at
-                 LIMIT $1
-                 FOR UPDATE SKIP LOCKED) due
-             WHERE q.order_number = due.order_number
-             RETURNING q.order_number, q.attempts",
-        )
-        .bind::<Int8, _>(i64::from(limit))
-        .bind::<Timestamptz, _>(now)
-        .bind::<Timestamptz, _>(lease_until)
+        let claimed: Vec<Claimed> = Claim {
+            limit: i64::from(limit),
+            now,
+            lease_until,
+        }
         .load(&mut conn)
         .await
         .map_err(from_diesel)?;
@@ -143,31 +230,16 @@ impl AccrualQueue for PgStore {
     ) -> Result<bool, RepositoryError> {
         let mut conn = self.conn().await?;
         let applied: Count = match outcome {
-            FinalOutcome::Processed(accrual) => diesel::sql_query(
-                "WITH o AS (
-                     UPDATE orders SET status = 'PROCESSED', accrual = $2, updated_at = now()
-                     WHERE number = $1 AND status IN ('NEW', 'PROCESSING')
-                     RETURNING user_id),
-                 a AS (
-                     UPDATE accounts SET balance = accounts.balance + COALESCE($2, 0)
-                     FROM o WHERE accounts.user_id = o.user_id),
-                 d AS (DELETE FROM accrual_queue WHERE order_number = $1)
-                 SELECT count(*) AS count FROM o",
-            )
-            .bind::<Text, _>(order.as_str())
-            .bind::<Nullable<Numeric>, _>(accrual.map(Money::amount))
+            FinalOutcome::Processed(accrual) => CreditProcessed {
+                order: order.as_str().to_owned(),
+                accrual: accrual.map(Money::amount),
+            }
             .get_result(&mut conn)
             .await
             .map_err(from_diesel)?,
-            FinalOutcome::Invalid => diesel::sql_query(
-                "WITH o AS (
-                     UPDATE orders SET status = 'INVALID', updated_at = now()
-                     WHERE number = $1 AND status IN ('NEW', 'PROCESSING')
-                     RETURNING user_id),
-                 d AS (DELETE FROM accrual_queue WHERE order_number = $1)
-                 SELECT count(*) AS count FROM o",
-            )
-            .bind::<Text, _>(order.as_str())
+            FinalOutcome::Invalid => MarkInvalid {
+                order: order.as_str().to_owned(),
+            }
             .get_result(&mut conn)
             .await
             .map_err(from_diesel)?,
@@ -189,28 +261,23 @@ impl AccrualQueue for PgStore {
             RetryReason::Failed(error) => (DbQueueStatus::Failing, Some(error)),
         };
         if status == DbQueueStatus::Processing {
-            diesel::sql_query(
-                "UPDATE orders SET status = 'PROCESSING', updated_at = now()
-                 WHERE number = $1 AND status = 'NEW'",
-            )
-            .bind::<Text, _>(order.as_str())
+            MarkProcessing {
+                order: order.as_str().to_owned(),
+            }
             .execute(&mut conn)
             .await
             .map_err(from_diesel)?;
         }
-        let failed = failure.is_some();
-        diesel::update(accrual_queue::table.find(order.as_str()))
-            .set((
-                accrual_queue::status.eq(status),
-                accrual_queue::next_attempt_at.eq(due_at),
-                accrual_queue::locked_until.eq(None::<DateTime<Utc>>),
-                accrual_queue::attempts.eq(accrual_queue::attempts + i32::from(failed)),
-                accrual_queue::last_error.eq(failure),
-                accrual_queue::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(&mut conn)
-            .await
-            .map_err(from_diesel)?;
+        Reschedule {
+            order: order.as_str().to_owned(),
+            status,
+            due_at,
+            failed: i32::from(failure.is_some()),
+            failure,
+        }
+        .execute(&mut conn)
+        .await
+        .map_err(from_diesel)?;
         Ok(())
     }
 
@@ -218,26 +285,21 @@ impl AccrualQueue for PgStore {
         if orders.is_empty() {
             return Ok(());
         }
-        let numbers: Vec<&str> = orders.iter().map(OrderNumber::as_str).collect();
+        let numbers = orders.iter().map(|o| o.as_str().to_owned()).collect();
         let mut conn = self.conn().await?;
-        diesel::sql_query(
-            "UPDATE accrual_queue SET locked_until = NULL WHERE order_number = ANY($1)",
-        )
-        .bind::<Array<Text>, _>(numbers)
-        .execute(&mut conn)
-        .await
-        .map_err(from_diesel)?;
+        Release { numbers }
+            .execute(&mut conn)
+            .await
+            .map_err(from_diesel)?;
         Ok(())
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, RepositoryError> {
         let mut conn = self.conn().await?;
-        accrual_queue::table
-            .select(diesel::dsl::min(diesel::dsl::sql::<Timestamptz>(
-                "GREATEST(next_attempt_at, COALESCE(locked_until, next_attempt_at))",
-            )))
-            .first(&mut conn)
+        let next: NextDue = EarliestDue {}
+            .get_result(&mut conn)
             .await
-            .map_err(from_diesel)
+            .map_err(from_diesel)?;
+        Ok(next.due)
     }
 }

@@ -12,7 +12,21 @@ use diesel::{prelude::*, sql_types::Text};
 use diesel_async::RunQueryDsl;
 use domain::{Login, UserId};
 
-use crate::{error::from_diesel, schema::users, PgStore};
+use crate::{error::from_diesel, prepared::prepared_statement, schema::users, PgStore};
+
+prepared_statement! {
+    /// Creates a user and their account; nothing when the login is taken.
+    struct CreateUser {
+        login: String => Text,
+        password_hash: String => Text,
+    }
+    "WITH u AS (
+         INSERT INTO users (login, password_hash) VALUES ($1, $2)
+         ON CONFLICT (login) DO NOTHING
+         RETURNING id),
+     a AS (INSERT INTO accounts (user_id) SELECT id FROM u)
+     SELECT id FROM u"
+}
 
 #[derive(QueryableByName)]
 struct NewUser {
@@ -24,16 +38,10 @@ struct NewUser {
 impl UserRepository for PgStore {
     async fn create(&self, login: &Login, hash: &PasswordHash) -> Result<UserId, CreateUserError> {
         let mut conn = self.conn().await?;
-        let created: Option<NewUser> = diesel::sql_query(
-            "WITH u AS (
-                 INSERT INTO users (login, password_hash) VALUES ($1, $2)
-                 ON CONFLICT (login) DO NOTHING
-                 RETURNING id),
-             a AS (INSERT INTO accounts (user_id) SELECT id FROM u)
-             SELECT id FROM u",
-        )
-        .bind::<Text, _>(login.as_str())
-        .bind::<Text, _>(&hash.0)
+        let created: Option<NewUser> = CreateUser {
+            login: login.as_str().to_owned(),
+            password_hash: hash.0.clone(),
+        }
         .get_result(&mut conn)
         .await
         .optional()

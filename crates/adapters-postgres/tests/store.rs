@@ -1,6 +1,6 @@
 //! The PostgreSQL store against a real server: constraints, races and the queue's guarantees.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use adapters_postgres::{testing::TestDatabase, PgStore};
 use application::ports::{
@@ -547,12 +547,43 @@ async fn concurrent_claimers_never_share_an_entry() {
 }
 
 #[tokio::test]
-async fn an_upload_notifies_listeners() {
+async fn an_upload_wakes_this_instances_worker_and_a_repeated_one_does_not() {
     let db = TestDatabase::create().await;
     let store = db.store();
     let alice = user(&store, "alice").await;
-    let wake = Arc::new(tokio::sync::Notify::new());
+    let wake = store.queue_wake();
+
+    store
+        .insert(alice, &number(8080), Utc::now())
+        .await
+        .expect("insert");
+    tokio::time::timeout(Duration::from_secs(1), wake.notified())
+        .await
+        .expect("woken by the upload");
+
+    // Nothing new was queued: no wake.
+    store
+        .insert(alice, &number(8080), Utc::now())
+        .await
+        .expect("insert again");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), wake.notified())
+            .await
+            .is_err(),
+        "a repeated upload queues nothing and wakes nobody"
+    );
+}
+
+#[tokio::test]
+async fn uploads_are_announced_to_the_workers_of_other_instances() {
+    let db = TestDatabase::create().await;
+    let here = db.store();
+    let alice = user(&here, "alice").await;
     let stop = tokio_util::sync::CancellationToken::new();
+    let announcer = tokio::spawn(here.clone().announce_queued_orders(stop.clone()));
+    // Another instance: its own pool, its worker's wake, and its listener.
+    let elsewhere = db.store();
+    let wake = elsewhere.queue_wake();
     let listener = tokio::spawn(adapters_postgres::listen_for_queued_orders(
         db.url().to_owned(),
         wake.clone(),
@@ -563,15 +594,17 @@ async fn an_upload_notifies_listeners() {
         .await
         .expect("listening");
 
-    store
-        .insert(alice, &number(8080), Utc::now())
-        .await
-        .expect("insert");
+    for n in 1..=20 {
+        here.insert(alice, &number(8080 + n), Utc::now())
+            .await
+            .expect("insert");
+    }
 
     tokio::time::timeout(Duration::from_secs(10), wake.notified())
         .await
-        .expect("woken by the upload");
+        .expect("woken by the uploads of the other instance");
     stop.cancel();
+    announcer.await.expect("announcer stops");
     listener.await.expect("listener stops");
 }
 

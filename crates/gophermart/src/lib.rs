@@ -19,7 +19,7 @@ use application::{
     worker::{AccrualWorker, WorkerConfig},
 };
 use secrecy::ExposeSecret;
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -158,13 +158,14 @@ impl Application {
         let server = http_server(state, operations, listeners, &server_config)?;
 
         let stop = CancellationToken::new();
-        let wake = Arc::new(Notify::new());
+        let wake = store.queue_wake();
         let background = vec![
             tokio::spawn(listen_for_queued_orders(
                 database_url,
                 wake.clone(),
                 stop.clone(),
             )),
+            tokio::spawn(store.clone().announce_queued_orders(stop.clone())),
             tokio::spawn(worker.run(wake, stop.clone())),
         ];
         Ok(Self {
