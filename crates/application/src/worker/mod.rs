@@ -182,12 +182,20 @@ impl AccrualWorker {
                 }
                 continue;
             }
+            if free == 0 {
+                // Every request slot is busy: nothing can be claimed before one finishes, so
+                // there is no point asking the queue when the next entry is due.
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = in_flight.join_next() => {}
+                }
+                continue;
+            }
             let sleep = self.idle_sleep().await;
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = wake.notified() => {}
                 () = tokio::time::sleep(sleep) => {}
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() && claimed == 0 && free == 0 => {}
             }
         }
         while in_flight.join_next().await.is_some() {}

@@ -368,3 +368,81 @@ async fn the_run_loop_works_through_claimed_entries_and_stops_cleanly() {
         .expect("no panic");
     assert_eq!(worker.stats().orders_credited(), 1);
 }
+
+/// An accrual system that answers only when told to.
+struct HeldAnswer {
+    release: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl AccrualClient for HeldAnswer {
+    async fn order(&self, _: &OrderNumber) -> Result<AccrualAnswer, AccrualClientError> {
+        self.release.notified().await;
+        Ok(AccrualAnswer::Known {
+            status: AccrualStatus::Processed,
+            accrual: None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn with_every_request_slot_busy_wakes_do_not_make_the_worker_poll_the_queue() {
+    let mut queue = MockAccrualQueue::new();
+    let claims = Arc::new(Mutex::new(0));
+    let counter = claims.clone();
+    queue.expect_claim().returning(move |_, _, _| {
+        let mut n = counter.lock().expect("lock");
+        *n += 1;
+        Ok(if *n == 1 { vec![entry(0)] } else { vec![] })
+    });
+    let polls = Arc::new(Mutex::new(0));
+    let polled = polls.clone();
+    queue.expect_next_due().returning(move || {
+        *polled.lock().expect("lock") += 1;
+        Ok(None)
+    });
+    let finished = Arc::new(Notify::new());
+    let signal = finished.clone();
+    queue.expect_finish().times(1).returning(move |_, _| {
+        signal.notify_one();
+        Ok(true)
+    });
+    let release = Arc::new(Notify::new());
+    let worker = AccrualWorker::new(
+        Arc::new(queue),
+        Arc::new(HeldAnswer {
+            release: release.clone(),
+        }),
+        clock(),
+        WorkerConfig {
+            concurrency: 1,
+            ..config()
+        },
+    );
+    // Under a pace the worker claims one entry at a time and goes round at once.
+    worker.gate().pace(6000);
+    let stop = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+    let running = tokio::spawn(worker.clone().run(wake.clone(), stop.clone()));
+
+    // The one slot is taken by the held request; uploads keep waking the worker meanwhile.
+    while *claims.lock().expect("lock") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..10 {
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(*polls.lock().expect("lock"), 0, "no queue polls while full");
+    assert_eq!(*claims.lock().expect("lock"), 1, "no claims while full");
+
+    release.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), finished.notified())
+        .await
+        .expect("the held order is finished");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the worker stops")
+        .expect("no panic");
+}
