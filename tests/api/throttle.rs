@@ -74,3 +74,54 @@ async fn a_successful_sign_in_resets_the_count_of_a_login() {
 
     assert_eq!(app.login("dave", "password").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sign_ins_beyond_the_hashing_queue_is_shed_with_503_at_once() {
+    // One hashing thread, so at most four sign-ins wait; each hash takes tens of milliseconds.
+    let app = spawn_app_with(Options {
+        extra_args: vec![
+            "--bcrypt-cost".into(),
+            "10".into(),
+            "--bcrypt-concurrency".into(),
+            "1".into(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let token = app.signed_up("erin").await;
+
+    let burst: Vec<_> = (0..24).map(|_| app.login("erin", "password")).collect();
+    let answers = futures::future::join_all(burst).await;
+
+    let mut signed_in = 0;
+    let mut shed = 0;
+    for answer in &answers {
+        match answer.status().as_u16() {
+            200 => signed_in += 1,
+            503 => {
+                shed += 1;
+                assert_eq!(
+                    answer
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()),
+                    Some("1")
+                );
+                assert_eq!(
+                    answer
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok()),
+                    Some("application/problem+json")
+                );
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(signed_in >= 1, "the first ones are served");
+    assert!(shed >= 1, "the rest are refused at once, not queued");
+    // Shedding sign-ins is not a failure of the account: it signs in once the burst is over,
+    // and the other requests were never held up by the queue.
+    assert_eq!(app.balance(&token).await["current"], 0);
+    assert_eq!(app.login("erin", "password").await.status(), 200);
+}

@@ -1,21 +1,57 @@
-//! [`PasswordHasher`] with bcrypt, run on tokio's blocking threads so that the slow hashing
-//! never stalls the request handlers, and at most a few at a time so that a storm of logins
-//! cannot take every core from the other requests.
+//! [`PasswordHasher`] with bcrypt, on a few threads of its own that run at the lowest CPU
+//! priority, fed by a bounded queue.
+//!
+//! A hash takes a core for hundreds of milliseconds. Run at normal priority, a storm of
+//! sign-ins would share the cores evenly with every other request and slow them all; at nice
+//! 19 the hashing gets what the other work leaves. At most one hash per core but one runs at
+//! a time, and a few sign-ins per hashing thread may wait: beyond that a sign-in is refused at
+//! once as [`HashingError::Busy`] instead of waiting for seconds. A sign-in whose client has
+//! gone by the time its turn comes is not hashed at all.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex, OnceLock,
+    },
+    time::Duration,
+};
 
 use application::ports::security::{HashingError, PasswordHash, PasswordHasher};
 use async_trait::async_trait;
 use domain::Password;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
+
+/// How many sign-ins may wait per hashing thread before more are refused as busy.
+pub const WAITING_PER_THREAD: usize = 4;
+
+/// What a refused sign-in is told to wait before trying again.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The costs bcrypt accepts (checked here so that a bad setting fails at start, not at the
+/// first sign-in).
+const COSTS: std::ops::RangeInclusive<u32> = 4..=31;
+
+/// The password the dummy hash is made of.
+const DUMMY_PASSWORD: &str = "gophermart dummy password";
+
+type Job = Box<dyn FnOnce() + Send>;
 
 /// bcrypt at a chosen cost. Unknown logins are checked against a dummy hash of the same cost,
 /// so they take as long as a wrong password.
 #[derive(Debug, Clone)]
 pub struct BcryptHasher {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     cost: u32,
-    dummy: String,
-    permits: Arc<Semaphore>,
+    /// The dummy hash, made on a hashing thread when first needed (it takes as long as any
+    /// hash, and nothing should wait for it at start).
+    dummy: OnceLock<String>,
+    jobs: mpsc::SyncSender<Job>,
+    /// Sign-ins dropped unhashed because their caller had gone.
+    abandoned: AtomicU64,
 }
 
 impl BcryptHasher {
@@ -28,33 +64,110 @@ impl BcryptHasher {
         Self::with_concurrency(cost, default_concurrency())
     }
 
-    /// A hasher that runs at most `concurrency` hashes at once (at least one).
+    /// A hasher that runs at most `concurrency` hashes at once (at least one), each on a
+    /// thread of its own at the lowest priority, with [`WAITING_PER_THREAD`] sign-ins per
+    /// thread allowed to wait.
     ///
     /// # Errors
-    /// [`HashingError`] when the cost is out of range.
+    /// [`HashingError`] when the cost is out of range or a thread cannot be started.
     pub fn with_concurrency(cost: u32, concurrency: usize) -> Result<Self, HashingError> {
-        let dummy = bcrypt::hash("gophermart dummy password", cost)
-            .map_err(|e| HashingError(Box::new(e)))?;
-        Ok(Self {
-            cost,
-            dummy,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-        })
+        let threads = concurrency.max(1);
+        Self::with_queue(cost, threads, threads * WAITING_PER_THREAD)
     }
 
+    fn with_queue(cost: u32, threads: usize, waiting: usize) -> Result<Self, HashingError> {
+        if !COSTS.contains(&cost) {
+            return Err(HashingError::Failed(Box::new(
+                bcrypt::BcryptError::CostNotAllowed(cost),
+            )));
+        }
+        let (jobs, queue) = mpsc::sync_channel::<Job>(waiting);
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("bcrypt-{n}"))
+                .spawn(move || hashing_thread(&queue))
+                .map_err(|e| HashingError::Failed(Box::new(e)))?;
+        }
+        let hasher = Self {
+            shared: Arc::new(Shared {
+                cost,
+                dummy: OnceLock::new(),
+                jobs,
+                abandoned: AtomicU64::new(0),
+            }),
+        };
+        // Make the dummy hash now, in the background, so that the first unknown login takes
+        // no longer than any other.
+        let shared = hasher.shared.clone();
+        let _ = hasher
+            .shared
+            .jobs
+            .try_send(Box::new(move || drop(shared.dummy())));
+        Ok(hasher)
+    }
+
+    /// Runs `work` on a hashing thread, unless too many are waiting already.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> Result<T, bcrypt::BcryptError> + Send + 'static,
+        work: impl FnOnce(&Shared) -> Result<T, bcrypt::BcryptError> + Send + 'static,
     ) -> Result<T, HashingError> {
-        let _permit = self
-            .permits
-            .acquire()
+        let (reply, answer) = oneshot::channel();
+        let shared = self.shared.clone();
+        let job: Job = Box::new(move || {
+            if reply.is_closed() {
+                let abandoned = shared.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(abandoned, "sign-in abandoned by its client: not hashed");
+                return;
+            }
+            let _ = reply.send(work(&shared));
+        });
+        self.shared.jobs.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => HashingError::Busy {
+                retry_after: BUSY_RETRY_AFTER,
+            },
+            mpsc::TrySendError::Disconnected(_) => {
+                HashingError::Failed("the hashing threads have stopped".into())
+            }
+        })?;
+        answer
             .await
-            .map_err(|e| HashingError(Box::new(e)))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| HashingError(Box::new(e)))?
-            .map_err(|e| HashingError(Box::new(e)))
+            .map_err(|e| HashingError::Failed(Box::new(e)))?
+            .map_err(|e| HashingError::Failed(Box::new(e)))
+    }
+}
+
+impl Shared {
+    fn dummy(&self) -> Result<&str, bcrypt::BcryptError> {
+        if let Some(dummy) = self.dummy.get() {
+            return Ok(dummy);
+        }
+        let made = bcrypt::hash(DUMMY_PASSWORD, self.cost)?;
+        Ok(self.dummy.get_or_init(|| made))
+    }
+}
+
+/// A hashing thread: lowers its own priority, then runs jobs until the hasher is dropped.
+fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
+    if let Err(error) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::warn!(
+            ?error,
+            "could not lower the priority of a password hashing thread"
+        );
+    }
+    loop {
+        // The lock is held only while waiting for a job, never while hashing.
+        let job = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(),
+            Err(mpsc::RecvError) => return,
+        }
     }
 }
 
@@ -72,8 +185,7 @@ pub fn default_concurrency() -> usize {
 impl PasswordHasher for BcryptHasher {
     async fn hash(&self, password: &Password) -> Result<PasswordHash, HashingError> {
         let clear = password.expose().to_owned();
-        let cost = self.cost;
-        self.run(move || bcrypt::hash(clear, cost))
+        self.run(move |shared| bcrypt::hash(clear, shared.cost))
             .await
             .map(PasswordHash)
     }
@@ -85,8 +197,12 @@ impl PasswordHasher for BcryptHasher {
     ) -> Result<bool, HashingError> {
         let clear = password.expose().to_owned();
         let known = hash.is_some();
-        let hash = hash.map_or_else(|| self.dummy.clone(), |h| h.0);
-        let matches = self.run(move || bcrypt::verify(clear, &hash)).await?;
+        let matches = self
+            .run(move |shared| match hash {
+                Some(hash) => bcrypt::verify(clear, &hash.0),
+                None => bcrypt::verify(clear, shared.dummy()?),
+            })
+            .await?;
         Ok(known && matches)
     }
 }
@@ -141,28 +257,130 @@ mod tests {
         assert!(!verified);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn hashes_beyond_the_concurrency_limit_wait_their_turn() {
-        let hasher = BcryptHasher::with_concurrency(4, 1).expect("cost");
-        let held = hasher
-            .permits
-            .clone()
-            .acquire_owned()
+    /// Occupies one hashing thread until the returned sender is dropped.
+    fn hold_a_thread(hasher: &BcryptHasher) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        hasher
+            .shared
+            .jobs
+            .try_send(Box::new(move || {
+                let _ = started.send(());
+                let _ = held.recv();
+            }))
+            .expect("queued");
+        running.recv().expect("the job runs");
+        release
+    }
+
+    /// A hasher whose dummy hash is made already, so that only the tests' jobs are queued
+    /// (`waiting` counts the job that makes it, too).
+    async fn hasher(threads: usize, waiting: usize) -> BcryptHasher {
+        let hasher = BcryptHasher::with_queue(4, threads, waiting).expect("cost");
+        hasher
+            .verify(&password("anything"), None)
             .await
-            .expect("permit");
+            .expect("dummy made");
+        hasher
+    }
+
+    #[tokio::test]
+    async fn hashes_beyond_the_threads_wait_their_turn() {
+        let hasher = hasher(1, 4).await;
+        let release = hold_a_thread(&hasher);
         let pending = {
             let hasher = hasher.clone();
             tokio::spawn(async move { hasher.hash(&password("queued")).await })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
 
-        assert!(!pending.is_finished(), "no permit, no hashing");
-        drop(held);
+        assert!(!pending.is_finished(), "no free thread, no hashing");
+        drop(release);
         assert!(pending.await.expect("task").is_ok());
+    }
+
+    #[tokio::test]
+    async fn beyond_the_waiting_room_a_sign_in_is_refused_at_once_as_busy() {
+        let hasher = hasher(1, 2).await;
+        let release = hold_a_thread(&hasher);
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.verify(&password("p"), None).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let refused = hasher.verify(&password("p"), None).await;
+
+        assert!(
+            matches!(refused, Err(HashingError::Busy { retry_after }) if retry_after > Duration::ZERO),
+            "{refused:?}"
+        );
+        drop(release);
+        for task in waiting {
+            assert!(!task
+                .await
+                .expect("task")
+                .expect("the waiting ones are served"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_whose_caller_left_is_not_hashed() {
+        let hasher = hasher(1, 4).await;
+        let release = hold_a_thread(&hasher);
+        let left = {
+            let hasher = hasher.clone();
+            tokio::spawn(async move { hasher.hash(&password("gone")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left.abort();
+        let _ = left.await;
+
+        drop(release);
+        // A later hash runs after the abandoned one was taken off the queue.
+        hasher.hash(&password("here")).await.expect("hashed");
+
+        assert_eq!(hasher.shared.abandoned.load(Ordering::Relaxed), 1);
+    }
+
+    /// The nice value of this process's threads of that name, from /proc.
+    fn nice_of_threads_named(name: &str) -> Vec<i64> {
+        std::fs::read_dir("/proc/self/task")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+            .filter(|stat| stat.contains(&format!("({name})")))
+            .map(|stat| {
+                // Fields after the command name: state is the 3rd field, nice the 19th.
+                let after = &stat[stat.rfind(')').expect("comm") + 2..];
+                after
+                    .split(' ')
+                    .nth(19 - 3)
+                    .expect("nice field")
+                    .parse()
+                    .expect("a number")
+            })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_at_the_lowest_priority() {
+        // Its threads live as long as it does.
+        let hasher = hasher(1, 2).await;
+
+        let nice = nice_of_threads_named("bcrypt-0");
+        drop(hasher);
+
+        assert!(!nice.is_empty(), "a hashing thread exists");
+        assert!(nice.iter().all(|&n| n == 19), "nice values {nice:?}");
     }
 
     #[test]
     fn an_out_of_range_cost_is_refused() {
         assert!(BcryptHasher::new(3).is_err());
+        assert!(BcryptHasher::new(32).is_err());
     }
 }

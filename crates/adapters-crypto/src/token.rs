@@ -71,7 +71,7 @@ impl TokenService for JwtTokens {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map(Token)
-            .map_err(|e| HashingError(Box::new(e)))
+            .map_err(|e| HashingError::Failed(Box::new(e)))
     }
 
     fn verify(&self, token: &str) -> Result<UserId, TokenError> {

@@ -182,10 +182,11 @@ pub struct PayloadTooLarge(pub Problem);
 )]
 pub struct Internal(pub Problem);
 
-/// The database is out of reach.
+/// The database is out of reach, or the service sheds load.
 #[derive(Debug, ToResponse)]
 #[response(
-    description = "The database is out of reach or busy; nothing was changed. Worth retrying.",
+    description = "The database is out of reach or busy, or (registration and sign-in) too many \
+        passwords are waiting to be checked; nothing was changed. Worth retrying after `Retry-After`.",
     content_type = "application/problem+json",
     headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),
     example = json!({"type": "about:blank", "title": "Service Unavailable", "status": 503})

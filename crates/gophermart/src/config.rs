@@ -17,7 +17,7 @@ pub enum LogFormat {
 /// Gophermart, a loyalty-points service: customers upload order numbers, the accrual system
 /// says how many points each earns, and customers spend them on new orders.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "gophermart", version, about)]
+#[command(name = "gophermart", version, about, args_override_self = true)]
 pub struct Config {
     /// Address and port to listen on. `:8080` means every interface; `localhost` binds
     /// every address the name resolves to, IPv4 included.
@@ -60,8 +60,9 @@ pub struct Config {
     #[arg(long, env = "BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
 
-    /// Password hashes computed at once; further sign-ins wait their turn, so a storm of them
-    /// leaves the other requests a core. Default: one per core but one, at least one.
+    /// Password hashes computed at once, each on a thread of its own at the lowest CPU
+    /// priority; four sign-ins per thread may wait their turn, and further ones get 503 at
+    /// once. Default: one per core but one, at least one.
     #[arg(long, env = "BCRYPT_CONCURRENCY")]
     pub bcrypt_concurrency: Option<usize>,
 

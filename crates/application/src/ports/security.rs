@@ -1,6 +1,6 @@
 //! Password hashing and session tokens.
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use async_trait::async_trait;
 use domain::{Password, UserId};
@@ -15,10 +15,17 @@ impl fmt::Debug for PasswordHash {
     }
 }
 
-/// The hasher failed (not a wrong password).
+/// Why a password could not be hashed or checked (a wrong password is not an error).
 #[derive(Debug, thiserror::Error)]
-#[error("password hashing failed")]
-pub struct HashingError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+pub enum HashingError {
+    /// Too many passwords are waiting to be hashed: the caller should try again later. This
+    /// bounds how long a sign-in can wait, and how much hashing a burst of them can queue up.
+    #[error("too many sign-ins at once; try again in {retry_after:?}")]
+    Busy { retry_after: Duration },
+    /// The hasher failed.
+    #[error("password hashing failed")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// Hashes and verifies passwords. Implementations run the slow work off the async threads.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
