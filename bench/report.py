@@ -33,6 +33,85 @@ def mark(ok):
     return "**met**" if ok else "**missed**"
 
 
+def ceiling_at(r, name, clients):
+    """The same run's pgbench ceiling of an endpoint at that concurrency, or None."""
+    return next((c for c in r["ceiling"].get(name, []) if c["clients"] == clients), None)
+
+
+def cpu_per_request(row, process):
+    """Milliseconds of CPU a process spent per request of a point, or None."""
+    cpu = row.get("cpu_seconds")
+    if not cpu or not row["requests"]:
+        return None
+    return cpu.get(process, 0) / (row["requests"] / 1000.0)
+
+
+def before_and_after(r):
+    """The section "Before and after (same run)", from results["baseline"] (bench/run.py's
+    baseline phase), as a list of lines."""
+    b = r["baseline"]
+    s = r["settings"]
+    out = []
+    w = out.append
+    w("### Before and after (same run)")
+    w("")
+    w(f"Before: the baseline build, `{b['label']}`; after: the current build, {r['machine'].get('commit', '?')}. "
+      f"Both ran on the same database, users and accrual system (the current build's), taking turns: "
+      f"for each endpoint current, baseline, current, baseline… ({b['rounds']} runs each), every run "
+      f"on a freshly started service, {s['warmup_s']:g} s of warm-up then {s['duration_s']:g} s "
+      f"measured, so that the drift of the shared machine falls on both builds alike. Each build's "
+      f"figures are the **mean of its {b['rounds']} runs** (req/s and the latency percentiles; errors "
+      f"summed; other load: the most disturbed of its runs, in cores). The ratio is to the pgbench "
+      f"ceiling of this run at the same concurrency (the current build's statements) for both builds. "
+      f"Latencies are wrk's, in milliseconds; CPU is milliseconds per request, gophermart / PostgreSQL.")
+    w("")
+    w("| endpoint | clients | before req/s | after req/s | × | p99 before | p99 after | ratio before | ratio after | errors before / after | CPU before → after | other load before / after |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for name in ORDER:
+        for point in b["endpoints"].get(name, []):
+            old, new = point["baseline"], point["current"]
+            c = ceiling_at(r, name, point["clients"])
+            factor = new["rps"] / old["rps"] if old["rps"] else None
+            cpu = " → ".join(
+                f"{fmt(cpu_per_request(x, 'gophermart'), 3)} / {fmt(cpu_per_request(x, 'postgres'), 3)}"
+                for x in (old, new))
+            w(f"| {LABELS[name]} | {point['clients']} | {fmt(old['rps'], 0)} | {fmt(new['rps'], 0)} | "
+              f"×{fmt(factor, 2)} | {fmt(old['p99_ms'], 2)} | {fmt(new['p99_ms'], 2)} | "
+              f"{fmt(old['rps'] / c['rps'] if c else None, 2)} | {fmt(new['rps'] / c['rps'] if c else None, 2)} | "
+              f"{old['errors']} / {new['errors']} | {cpu} | "
+              f"{fmt(old.get('other_cores'), 2)} / {fmt(new.get('other_cores'), 2)} |")
+    w("")
+    w("Every run, req/s in the order measured (B: before, A: after):")
+    w("")
+    for name in ORDER:
+        for point in b["endpoints"].get(name, []):
+            runs = " · ".join(f"{'A' if x['build'] == 'current' else 'B'} {fmt(x['rps'], 0)}" for x in point["runs"])
+            w(f"- {LABELS[name]}, {point['clients']} clients: {runs}")
+    w("")
+    ready = b["ready_s"]
+    w(f"Ready on the migrated database (first 200 of `/readyz`, median of {len(ready['current'])} "
+      f"starts, alternating): before {b['ready_median_s']['baseline'] * 1000:.0f} ms "
+      f"(runs: {', '.join(f'{x * 1000:.0f}' for x in ready['baseline'])} ms), after "
+      f"{b['ready_median_s']['current'] * 1000:.0f} ms (runs: {', '.join(f'{x * 1000:.0f}' for x in ready['current'])} ms).")
+    storm = b.get("storm")
+    if storm:
+        old, new = storm["baseline"], storm["current"]
+        w("")
+        w(f"Login storm, once per build (the current build first; {new['logins']['clients']} clients signing in, "
+          f"{new['balance_clients']} reading their balance, {new['seconds']:g} s; balance alone just before):")
+        w("")
+        w("| balance | req/s before | req/s after | p99 before | p99 after | errors before / after |")
+        w("|---|---:|---:|---:|---:|---:|")
+        for key, label in (("baseline", "alone"), ("during", "during the storm")):
+            w(f"| {label} | {fmt(old[key]['rps'], 0)} | {fmt(new[key]['rps'], 0)} | {fmt(old[key]['p99_ms'], 2)} | "
+              f"{fmt(new[key]['p99_ms'], 2)} | {old[key]['errors']} / {new[key]['errors']} |")
+        w("")
+        w(f"Sign-ins meanwhile: before {old['logins']['rps']:.1f}/s (p99 {old['logins']['p99_ms']:.0f} ms), "
+          f"after {new['logins']['rps']:.1f}/s (p99 {new['logins']['p99_ms']:.0f} ms).")
+    w("")
+    return out
+
+
 def report(r):
     m = r["machine"]
     s = r["settings"]
@@ -65,9 +144,8 @@ def report(r):
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in ORDER:
         rows = r["grid"].get(name, [])
-        ceil = {c["clients"]: c for c in r["ceiling"].get(name, [])}
         for row in rows:
-            c = ceil.get(row["clients"])
+            c = ceiling_at(r, name, row["clients"])
             ratio = row["rps"] / c["rps"] if c else None
             w(f"| {LABELS[name]} | {row['clients']} | {fmt(row['rps'], 0)} | {fmt(c['rps'], 0) if c else '–'} | "
               f"{fmt(ratio, 2)} | {fmt(row['p50_ms'], 2)} | {fmt(row['p99_ms'], 2)} | {fmt(row['p999_ms'], 2)} | "
@@ -85,18 +163,20 @@ def report(r):
             wc = r["ceiling_with_checkout"].get(name)
             if not wc:
                 continue
-            base = next((c for c in r["ceiling"].get(name, []) if c["clients"] == wc["clients"]), None)
+            base = ceiling_at(r, name, wc["clients"])
             row = next((g for g in r["grid"].get(name, []) if g["clients"] == wc["clients"]), None)
             w(f"| {LABELS[name]} | {wc['clients']} | {fmt(base['rps'], 0) if base else '–'} | {fmt(wc['rps'], 0)} | "
               f"{fmt(row['rps'], 0) if row else '–'} | {fmt(row['rps'] / wc['rps'], 2) if row else '–'} |")
         w("")
 
-    un = r.get("upload_without_notify")
-    if un:
-        up = next((c for c in r["ceiling"].get("upload", []) if c["clients"] == un["clients"]), None)
-        w(f"The upload's SQL without its `pg_notify` at {un['clients']} clients: {fmt(un['rps'], 0)} tx/s "
-          f"(p99 {fmt(un['p99_ms'], 2)} ms) against {fmt(up['rps'], 0) if up else '–'} tx/s with it: a transaction "
-          f"that ran NOTIFY holds a database-wide lock while committing, so uploads commit one at a time.")
+    wn = r.get("upload_with_notify")
+    if wn:
+        up = ceiling_at(r, "upload", wn["clients"])
+        w(f"The upload's SQL with a `pg_notify` in its transaction (`upload-notify.sql`, as the upload "
+          f"was before the NOTIFY moved out of it) at {wn['clients']} clients: {fmt(wn['rps'], 0)} tx/s "
+          f"(p99 {fmt(wn['p99_ms'], 2)} ms), against {fmt(up['rps'], 0) if up else '–'} tx/s "
+          f"(p99 {fmt(up['p99_ms'], 2) if up else '–'} ms) without: a transaction that ran NOTIFY holds a "
+          f"database-wide lock while committing, so such uploads commit one at a time.")
         w("")
     w("CPU time per request at each point (milliseconds of CPU, from /proc; \"other\" is the rest "
       "of the machine, other users' work included):")
@@ -128,6 +208,9 @@ def report(r):
             w(f"| {name}.sql | {row['clients']} | {cpu['postgres'] / n:.3f} | {cpu['load tool'] / n:.3f} | "
               f"{cpu['machine'] / cpu['wall']:.2f} of {m['cores']} cores |")
     w("")
+
+    if r.get("baseline"):
+        out.extend(before_and_after(r))
 
     if "mixed" in r:
         mx = r["mixed"]
@@ -217,7 +300,7 @@ def report(r):
     at64 = {}
     for name in ORDER:
         row = next((g for g in r["grid"].get(name, []) if g["clients"] == 64), None)
-        c = next((g for g in r["ceiling"].get(name, []) if g["clients"] == 64), None)
+        c = ceiling_at(r, name, 64)
         at64[name] = (row, c)
     for name in ORDER:
         row, c = at64[name]

@@ -11,8 +11,12 @@ Phases, in order (see docs/benchmarks.md for what each figure means):
   2. setup: users signed up through the API (bcrypt cost 4, for speed), accounts funded and
      ten processed orders per "read" user inserted with SQL;
   3. endpoints: wrk against upload, balance, orders list and withdraw at each concurrency;
+  3b. baseline (only with BENCH_BASELINE_BIN_DIR): a "before" build of gophermart measured
+     beside the current one on the same database, users and accrual system, the two taking
+     turns: the same endpoints at BENCH_BASELINE_LEVELS, ready time, and the login storm;
   4. ceilings: gophermart stopped, pgbench runs the SQL of each endpoint at the same
-     concurrencies on the same database (bench/pgbench/*.sql);
+     concurrencies (the baseline's included) on the same database (bench/pgbench/*.sql); at 64
+     clients, also with the pool's SELECT 1, and the upload with its old pg_notify;
   5. mixed customer workload (crates/loadgen);
   6. accrual pipeline: upload -> PROCESSED latency with an accrual system that answers at once;
   7. login storm: balance latency while sign-ins (bcrypt cost 12) run flat out;
@@ -22,8 +26,12 @@ Settings (environment): BENCH_DURATION (s per point, 5), BENCH_WARMUP (s, 1), BE
 ("1,16,64,256"), BENCH_RATE_LIMIT (N per minute, 120), BENCH_RATE_SECONDS (150),
 BENCH_STORM_SECONDS (10), BENCH_MIXED_SECONDS (10), BENCH_PIPELINE_RATE (per s, 50),
 BENCH_PIPELINE_COUNT (500), BENCH_USERS (per set, 1000), BENCH_BIN_DIR (target/release),
-BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gophermart), BENCH_SKIP (comma-separated phases to skip: grid, ceiling, mixed,
-pipeline, storm, ratelimit).
+BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gophermart, the
+baseline's included), BENCH_SKIP (comma-separated phases to skip: grid, baseline, ceiling,
+mixed, pipeline, storm, ratelimit; storm leaves out the baseline's storms too).
+Before and after: BENCH_BASELINE_BIN_DIR (the baseline build's binaries; only its gophermart
+is used), BENCH_BASELINE_LABEL (its name in the report; default the folder),
+BENCH_BASELINE_LEVELS ("64"), BENCH_BASELINE_ROUNDS (runs per build and point, 2).
 """
 
 import atexit
@@ -62,6 +70,12 @@ PIPELINE_RATE = float(os.environ.get("BENCH_PIPELINE_RATE", "50"))
 PIPELINE_COUNT = int(os.environ.get("BENCH_PIPELINE_COUNT", "500"))
 USERS = int(os.environ.get("BENCH_USERS", "1000"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+# The "before" build measured beside the current one (phase "baseline"), when given.
+BASELINE_BIN = os.environ.get("BENCH_BASELINE_BIN_DIR") or None
+BASELINE_LABEL = os.environ.get("BENCH_BASELINE_LABEL") or BASELINE_BIN
+BASELINE_LEVELS = [int(x) for x in os.environ.get("BENCH_BASELINE_LEVELS", "64").split(",")]
+BASELINE_ROUNDS = int(os.environ.get("BENCH_BASELINE_ROUNDS", "2"))
+BASELINE = BASELINE_BIN is not None and "baseline" not in SKIP
 # Extra flags for every gophermart started (experiments: "--http-workers 1", ...).
 EXTRA_FLAGS = os.environ.get("BENCH_GOPHERMART_FLAGS", "").split()
 JWT_SECRET = "gophermart-benchmark-secret"
@@ -77,9 +91,11 @@ ENDPOINTS = [
     ("withdraw", "POST /api/user/balance/withdraw", "withdraw.lua", "write"),
 ]
 # Order-number prefixes (crates/loadgen and bench/wrk/common.lua append a stream digit, eight
-# digits and the check digit). Fixture orders have 11 digits, pgbench's 15.
-UPLOAD_PREFIX = "4"
-WITHDRAW_PREFIX = "5"
+# digits and the check digit). Fixture orders have 11 digits, pgbench's 15. The grid's and the
+# baseline phase's upload and withdraw numbers: the prefix, a tag of the point, then the run
+# (see endpoint_point).
+GRID_PREFIXES = {"upload": "4", "withdraw": "5"}
+BASELINE_PREFIXES = {"upload": "2", "withdraw": "3"}
 MIXED_PREFIX = "6"
 PIPELINE_PREFIX = "7"
 RATE_PREFIX = "8"
@@ -345,11 +361,13 @@ class Accrual:
 
 
 class Gophermart:
-    def __init__(self, accrual_url, bcrypt_cost=12, log_name="gophermart", extra=()):
+    """A gophermart started from bin_dir (the current build's, or the baseline's), ready."""
+
+    def __init__(self, accrual_url, bcrypt_cost=12, log_name="gophermart", extra=(), bin_dir=BIN):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(OUT, f"{log_name}.log"), "a")
-        self.args = [os.path.join(BIN, "gophermart"), "-a", f"127.0.0.1:{self.port}",
+        self.args = [os.path.join(bin_dir, "gophermart"), "-a", f"127.0.0.1:{self.port}",
                      "-d", DB, "-r", accrual_url, "--jwt-secret", JWT_SECRET,
                      "--bcrypt-cost", str(bcrypt_cost), *EXTRA_FLAGS, *extra]
         started = time.monotonic()
@@ -543,56 +561,153 @@ def setup_users(gm):
     return tokens, ids
 
 
-def grid(gm, accrual, tokens, results):
+# The highest upload rate seen so far (per second), to size the numbers registered in the
+# accrual system before each upload run.
+upload_rate_guess = [3000.0]
+
+
+def endpoint_run(gm, accrual, tokens, endpoint, clients, seconds, prefix, cpu=None):
+    """One wrk run of an endpoint of ENDPOINTS against gm. prefix: the order numbers' prefix of
+    this run (upload and withdraw), unique to it."""
+    name, _label, script, group = endpoint
+    threads = 1 if clients == 1 else 2
+    extra = []
+    if name == "upload":
+        # Register in the accrual system every number this run may upload (1.5x a generous
+        # guess), so the worker finds each order at once, as in production.
+        per_thread = int(upload_rate_guess[0] * 1.5 * seconds / threads) + 1000
+        loadgen("prereg", "--accrual", accrual.url, "--prefix", prefix,
+                "--streams", threads, "--count", per_thread)
+        extra = [prefix]
+    elif name == "withdraw":
+        extra = [prefix]
+    result = run_wrk(gm.url, script, clients, seconds, [tokens[group], *extra], cpu)
+    if name == "upload":
+        generated = sum(result["generated_per_thread"])
+        result["uploads_not_registered_in_accrual"] = max(
+            0, sum(max(0, g - per_thread) for g in result["generated_per_thread"]))
+        upload_rate_guess[0] = max(upload_rate_guess[0], generated / seconds)
+    return result
+
+
+def endpoint_point(gm, accrual, tokens, endpoint, clients, tag, prefixes, retry=True):
+    """One point: a warm-up run, then the measured one, with the CPU of every process.
+
+    With retry, a disturbed point is measured again (measured()), except uploads: an upload run
+    consumes its pre-registered numbers. Order numbers: prefixes[endpoint], the tag (unique to
+    the point), then 0 for the warm-up and the attempt (1, 2, ...) for the measured run.
+    """
+    name = endpoint[0]
+    prefix = f"{prefixes.get(name, '')}{tag}"
+    if WARMUP > 0:
+        endpoint_run(gm, accrual, tokens, endpoint, clients, WARMUP, f"{prefix}0")
     cpu = CpuMeter(gm.proc.pid, accrual.proc.pid)
-    upload_rate_guess = 3000.0
+    attempt = [0]
+
+    def run_point():
+        attempt[0] += 1
+        return endpoint_run(gm, accrual, tokens, endpoint, clients, DURATION,
+                            f"{prefix}{attempt[0]}", cpu)
+
+    if retry and name != "upload":
+        result = measured(run_point)
+    else:
+        result = run_point()
+        result["other_cores"] = round(other_cores(result), 3)
+    result["peak_rss_kb_so_far"] = gm.peak_rss_kb()
+    return result
+
+
+def log_point(title, result):
+    log(f"{title} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
+        f"p99 {result['p99_ms']:.2f} ms  p99.9 {result['p999_ms']:.2f} ms  errors {result['errors']}")
+
+
+def grid(gm, accrual, tokens, results):
     for li, clients in enumerate(LEVELS):
-        for name, _label, script, group in ENDPOINTS:
-            threads = 1 if clients == 1 else 2
-            runs = [("warmup", WARMUP), ("measured", DURATION)] if WARMUP > 0 else [("measured", DURATION)]
-            for phase, seconds in runs:
-                run_digit = "1" if phase == "measured" else "0"
-                extra = []
-                if name == "upload":
-                    prefix = f"{UPLOAD_PREFIX}{li}{run_digit}"
-                    # Register in the accrual system every number this run may upload (1.5x a
-                    # generous guess), so the worker finds each order at once, as in production.
-                    per_thread = int(upload_rate_guess * 1.5 * seconds / threads) + 1000
-                    loadgen("prereg", "--accrual", accrual.url, "--prefix", prefix,
-                            "--streams", threads, "--count", per_thread)
-                    extra = [prefix]
-                elif name == "withdraw":
-                    extra = [f"{WITHDRAW_PREFIX}{li}{run_digit}"]
-                if phase == "measured" and name != "upload":
-                    # (an upload run consumes its pre-registered numbers: not repeated; a
-                    # repeated withdraw run takes fresh numbers)
-                    attempt = [0]
-
-                    def run_point():
-                        attempt[0] += 1
-                        args = list(extra)
-                        if name == "withdraw":
-                            args = [f"{WITHDRAW_PREFIX}{li}{attempt[0]}"]
-                        return run_wrk(gm.url, script, clients, seconds, [tokens[group], *args], cpu)
-
-                    result = measured(run_point)
-                else:
-                    result = run_wrk(gm.url, script, clients, seconds, [tokens[group], *extra],
-                                     cpu if phase == "measured" else None)
-                    if phase == "measured":
-                        result["other_cores"] = round(other_cores(result), 3)
-                if name == "upload":
-                    generated = sum(result["generated_per_thread"])
-                    result["uploads_not_registered_in_accrual"] = max(
-                        0, sum(max(0, g - per_thread) for g in result["generated_per_thread"]))
-                    upload_rate_guess = max(upload_rate_guess, generated / seconds)
-                if phase == "measured":
-                    result["peak_rss_kb_so_far"] = gm.peak_rss_kb()
-                    results["grid"].setdefault(name, []).append(result)
-                    log(f"{name:8} c={clients:<3} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:.2f} ms  "
-                        f"p99 {result['p99_ms']:.2f} ms  p99.9 {result['p999_ms']:.2f} ms  errors {result['errors']}")
+        for endpoint in ENDPOINTS:
+            result = endpoint_point(gm, accrual, tokens, endpoint, clients, li, GRID_PREFIXES)
+            results["grid"].setdefault(endpoint[0], []).append(result)
+            log_point(f"{endpoint[0]:8} c={clients:<3}", result)
     # Let the accrual worker finish the last uploads before the next phase.
     wait_queue_empty(60)
+
+
+def mean_of_runs(runs):
+    """One figure per build from its runs of a point: throughput and latency percentiles are the
+    means of the runs', requests, errors and CPU seconds their sums, other load the highest."""
+    kept = {"clients": runs[0]["clients"], "runs": len(runs)}
+    for key in ("rps", "p50_ms", "p99_ms", "p999_ms"):
+        kept[key] = statistics.mean(r[key] for r in runs)
+    for key in ("requests", "errors"):
+        kept[key] = sum(r[key] for r in runs)
+    kept["max_ms"] = max(r["max_ms"] for r in runs)
+    kept["other_cores"] = max(r["other_cores"] for r in runs)
+    cpu = [r["cpu_seconds"] for r in runs if r.get("cpu_seconds")]
+    if cpu:
+        kept["cpu_seconds"] = {k: round(sum(c.get(k, 0.0) for c in cpu), 2) for k in cpu[0]}
+    return kept
+
+
+def baseline_phase(accrual, tokens, results):
+    """The baseline build's gophermart beside the current one, on the same database, users and
+    accrual system (the current build's). The builds take turns, a fresh service for each run
+    (current, baseline, current, baseline, ...), so that the drift of a shared machine falls on
+    both alike; per build, the mean of its runs is kept (mean_of_runs)."""
+    builds = {"current": BIN, "baseline": BASELINE_BIN}
+    out = {"label": BASELINE_LABEL, "bin_dir": BASELINE_BIN, "current_bin_dir": BIN,
+           "levels": BASELINE_LEVELS, "rounds": BASELINE_ROUNDS, "kept": "mean",
+           "ready_s": {build: [] for build in builds}, "endpoints": {}}
+
+    def start(build, **kwargs):
+        return Gophermart(accrual.url, log_name=f"gophermart-{build}", bin_dir=builds[build],
+                          **kwargs)
+
+    # Time to ready on the migrated database, three starts each, alternating.
+    for _ in range(3):
+        for build in builds:
+            gm = start(build)
+            out["ready_s"][build].append(gm.ready_seconds)
+            gm.stop()
+    out["ready_median_s"] = {build: statistics.median(v) for build, v in out["ready_s"].items()}
+    log(f"baseline: ready after {out['ready_median_s']['baseline'] * 1000:.0f} ms (baseline), "
+        f"{out['ready_median_s']['current'] * 1000:.0f} ms (current)")
+
+    tag = 0  # one per run, for its order numbers
+    for clients in BASELINE_LEVELS:
+        for endpoint in ENDPOINTS:
+            name = endpoint[0]
+            runs = []  # (build, result), in the order measured
+            for _ in range(BASELINE_ROUNDS):
+                for build in builds:
+                    gm = start(build)
+                    try:
+                        result = endpoint_point(gm, accrual, tokens, endpoint, clients, tag,
+                                                BASELINE_PREFIXES, retry=False)
+                        # This build's worker finishes this build's uploads.
+                        wait_queue_empty(60)
+                    finally:
+                        gm.stop()
+                    tag += 1
+                    result["build"] = build
+                    runs.append(result)
+                    log_point(f"{name:8} c={clients:<3} {build:8}", result)
+            point = {"clients": clients, "runs": runs}
+            for build in builds:
+                point[build] = mean_of_runs([r for r in runs if r["build"] == build])
+            out["endpoints"].setdefault(name, []).append(point)
+
+    # The login storm once per build (without the nice experiment).
+    if "storm" not in SKIP:
+        out["storm"] = {}
+        for build in builds:
+            log(f"baseline: login storm, {build} build")
+            gm = start(build)
+            try:
+                out["storm"][build] = storm(gm, tokens, nice_experiment=False)
+            finally:
+                gm.stop()
+    results["baseline"] = out
 
 
 def wait_queue_empty(timeout):
@@ -607,7 +722,9 @@ def wait_queue_empty(timeout):
 
 def ceilings(ids, results):
     cpu = CpuMeter()
-    for li, clients in enumerate(LEVELS):
+    # The baseline phase's concurrencies too, for its ratios to the ceiling.
+    levels = sorted(set(LEVELS) | set(BASELINE_LEVELS if BASELINE else ()))
+    for clients in levels:
         for name, _label, _script, group in ENDPOINTS:
             lo, hi = ids[group]
             script = os.path.join(BENCH, "pgbench", f"{name}.sql")
@@ -631,12 +748,13 @@ def ceilings(ids, results):
         result = measured(lambda: run_pgbench(combined, level, DURATION, {"umin": lo, "umax": hi}, cpu=cpu))
         results["ceiling_with_checkout"][name] = result
         log(f"pgbench checkout+{name:8} c={level:<3} {result['rps']:8.0f} tx/s")
-    # Evidence: the upload without its pg_notify (the NOTIFY lock serialises commits).
+    # For comparison: the upload with a pg_notify in its transaction, as it was before the
+    # NOTIFY moved out of it (the NOTIFY lock serialises commits).
     lo, hi = ids["write"]
-    result = measured(lambda: run_pgbench(os.path.join(BENCH, "pgbench", "upload-without-notify.sql"),
+    result = measured(lambda: run_pgbench(os.path.join(BENCH, "pgbench", "upload-notify.sql"),
                                           level, DURATION, {"umin": lo, "umax": hi}, cpu=cpu))
-    results["upload_without_notify"] = result
-    log(f"pgbench upload-without-notify c={level:<3} {result['rps']:8.0f} tx/s")
+    results["upload_with_notify"] = result
+    log(f"pgbench upload-notify c={level:<3} {result['rps']:8.0f} tx/s  p99 {result['p99_ms']:.2f} ms")
     # pgbench's orders and withdrawals (15 digits) go, so that no worker ever asks about them.
     psql("DELETE FROM orders WHERE length(number) = 15")
     psql("DELETE FROM withdrawals WHERE length(order_number) = 15")
@@ -688,8 +806,11 @@ def pipeline(gm, accrual, tokens, results):
         f"{result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms")
 
 
-def storm(gm, tokens, results):
-    # Users whose hashes have the service's default cost (12), made by this instance.
+def storm(gm, tokens, nice_experiment=True):
+    """Balance reads alone, then during a login storm against gm; with nice_experiment, once more
+    with the hashing thread at nice 19. Returns the figures."""
+    # Users whose hashes have the service's default cost (12), made by this instance (or signed
+    # in, when an earlier storm made them).
     started = time.monotonic()
     storm_tokens = os.path.join(OUT, "tokens-storm.txt")
     loadgen("register", "--base", gm.url, "--prefix", "storm-", "--count", STORM_USERS,
@@ -700,21 +821,26 @@ def storm(gm, tokens, results):
     run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, max(1, WARMUP), [tokens["read"]])
     baseline = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
                        [tokens["read"]], cpu)
-    login_cmd = ["wrk", "-t", "1", "-c", str(STORM_LOGIN_CLIENTS), "-d", f"{2 * round(STORM_SECONDS) + 4}s",
+    # The sign-ins last as long as the balance runs during them, and some more.
+    storm_runs = 2 if nice_experiment else 1
+    login_cmd = ["wrk", "-t", "1", "-c", str(STORM_LOGIN_CLIENTS),
+                 "-d", f"{storm_runs * round(STORM_SECONDS) + 4}s",
                  "--timeout", "60s", "-s", os.path.join(BENCH, "wrk", "login.lua"), gm.url,
                  "--", tokens["read"], "storm-", str(STORM_USERS)]
     login = subprocess.Popen(login_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # the hashing queue fills up first
     during = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
                      [tokens["read"]], cpu)
-    # Experiment: the thread hashing passwords given the lowest priority (nice 19), as a
-    # dedicated low-priority hashing thread would be; the same balance run again.
-    hot = hot_threads(gm.proc.pid, 1.0)
-    for tid in hot:
-        os.setpriority(os.PRIO_PROCESS, tid, 19)
-    niced = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
-                    [tokens["read"]], cpu)
-    niced["niced_threads"] = [thread_name(gm.proc.pid, tid) for tid in hot]
+    niced = None
+    if nice_experiment:
+        # Experiment: the thread hashing passwords given the lowest priority (nice 19), as a
+        # dedicated low-priority hashing thread would be; the same balance run again.
+        hot = hot_threads(gm.proc.pid, 1.0)
+        for tid in hot:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+        niced = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
+                        [tokens["read"]], cpu)
+        niced["niced_threads"] = [thread_name(gm.proc.pid, tid) for tid in hot]
     stdout, stderr = login.communicate()
     line = next((l for l in stdout.splitlines() if l.startswith("WRKJSON ")), None)
     if line is None:
@@ -730,20 +856,23 @@ def storm(gm, tokens, results):
         "error_detail": raw["errors"],
     }
     for result in (baseline, during, niced):
-        result["other_cores"] = round(other_cores(result), 3)
-    results["storm"] = {
+        if result:
+            result["other_cores"] = round(other_cores(result), 3)
+    log(f"storm: balance p99 {baseline['p99_ms']:.2f} ms alone, {during['p99_ms']:.2f} ms during "
+        f"{login_result['rps']:.1f} logins/s")
+    figures = {
         "balance_clients": STORM_BALANCE_CLIENTS,
         "seconds": STORM_SECONDS,
         "baseline": baseline,
         "during": during,
-        "during_hashing_thread_niced": niced,
         "logins": login_result,
         "register_seconds_for_cost_12": round(register_seconds, 2),
         "storm_users": STORM_USERS,
         "peak_rss_kb_so_far": gm.peak_rss_kb(),
     }
-    log(f"storm: balance p99 {baseline['p99_ms']:.2f} ms alone, {during['p99_ms']:.2f} ms during "
-        f"{login_result['rps']:.1f} logins/s")
+    if niced:
+        figures["during_hashing_thread_niced"] = niced
+    return figures
 
 
 def rate_limited(tokens, results):
@@ -803,6 +932,8 @@ def rate_limited(tokens, results):
 def main():
     if not DB:
         sys.exit("bench: DATABASE_URI is not set (run through make bench)")
+    if BASELINE and not os.access(os.path.join(BASELINE_BIN, "gophermart"), os.X_OK):
+        sys.exit(f"bench: no gophermart in BENCH_BASELINE_BIN_DIR={BASELINE_BIN}")
     os.makedirs(OUT, exist_ok=True)
     for name in os.listdir(OUT):
         if name.endswith(".log"):
@@ -816,6 +947,7 @@ def main():
         "gophermart_flags": "defaults (pool 16, one HTTP worker per core, bcrypt cost 12, RUST_LOG unset = info)"
                             + (f"; plus {' '.join(EXTRA_FLAGS)}" if EXTRA_FLAGS else ""),
         "binaries": BIN,
+        "baseline_binaries": BASELINE_BIN if BASELINE else None,
     }, "grid": {}, "ceiling": {}, "ceiling_with_checkout": {}, "startup": {}, "rss_kb": {}}
     log(f"machine: {results['machine']['cores']} cores, {results['machine']['memory_gib']} GiB, "
         f"load {results['machine']['load_average_at_start']}")
@@ -857,6 +989,9 @@ def main():
         results["rss_kb"]["peak_after_endpoints"] = gm.peak_rss_kb()
         gm.stop()
 
+        if BASELINE:
+            baseline_phase(accrual, tokens, results)
+
         if "ceiling" not in SKIP:
             ceilings(ids, results)
 
@@ -867,7 +1002,7 @@ def main():
         if "pipeline" not in SKIP:
             pipeline(gm, accrual, tokens, results)
         if "storm" not in SKIP:
-            storm(gm, tokens, results)
+            results["storm"] = storm(gm, tokens)
         results["rss_kb"]["peak_after_mixed_pipeline_storm"] = gm.peak_rss_kb()
         gm.stop()
     finally:
