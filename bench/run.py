@@ -239,27 +239,6 @@ class CpuMeter:
         return used
 
 
-def thread_name(pid, tid):
-    try:
-        with open(f"/proc/{pid}/task/{tid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def hot_threads(pid, seconds):
-    """Threads of pid that used more than half a core over `seconds`."""
-    def sample():
-        out = {}
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            out[int(tid)] = proc_cpu_seconds(f"{pid}/task/{tid}")
-        return out
-    before = sample()
-    time.sleep(seconds)
-    after = sample()
-    return [tid for tid, t in after.items() if t - before.get(tid, t) > 0.5 * seconds]
-
-
 # The machine is shared: a point during which other processes used more than this many cores
 # is measured again (at most MAX_RETRIES times in the whole run); the least disturbed is kept.
 OTHER_CORES_LIMIT = float(os.environ.get("BENCH_OTHER_CORES_LIMIT", "0.25"))
@@ -704,7 +683,7 @@ def baseline_phase(accrual, tokens, results):
             log(f"baseline: login storm, {build} build")
             gm = start(build)
             try:
-                out["storm"][build] = storm(gm, tokens, nice_experiment=False)
+                out["storm"][build] = storm(gm, tokens)
             finally:
                 gm.stop()
     results["baseline"] = out
@@ -806,9 +785,8 @@ def pipeline(gm, accrual, tokens, results):
         f"{result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms")
 
 
-def storm(gm, tokens, nice_experiment=True):
-    """Balance reads alone, then during a login storm against gm; with nice_experiment, once more
-    with the hashing thread at nice 19. Returns the figures."""
+def storm(gm, tokens):
+    """Balance reads alone, then during a login storm against gm. Returns the figures."""
     # Users whose hashes have the service's default cost (12), made by this instance (or signed
     # in, when an earlier storm made them).
     started = time.monotonic()
@@ -822,25 +800,14 @@ def storm(gm, tokens, nice_experiment=True):
     baseline = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
                        [tokens["read"]], cpu)
     # The sign-ins last as long as the balance runs during them, and some more.
-    storm_runs = 2 if nice_experiment else 1
     login_cmd = ["wrk", "-t", "1", "-c", str(STORM_LOGIN_CLIENTS),
-                 "-d", f"{storm_runs * round(STORM_SECONDS) + 4}s",
+                 "-d", f"{round(STORM_SECONDS) + 4}s",
                  "--timeout", "60s", "-s", os.path.join(BENCH, "wrk", "login.lua"), gm.url,
                  "--", tokens["read"], "storm-", str(STORM_USERS)]
     login = subprocess.Popen(login_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # the hashing queue fills up first
     during = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
                      [tokens["read"]], cpu)
-    niced = None
-    if nice_experiment:
-        # Experiment: the thread hashing passwords given the lowest priority (nice 19), as a
-        # dedicated low-priority hashing thread would be; the same balance run again.
-        hot = hot_threads(gm.proc.pid, 1.0)
-        for tid in hot:
-            os.setpriority(os.PRIO_PROCESS, tid, 19)
-        niced = run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, STORM_SECONDS,
-                        [tokens["read"]], cpu)
-        niced["niced_threads"] = [thread_name(gm.proc.pid, tid) for tid in hot]
     stdout, stderr = login.communicate()
     line = next((l for l in stdout.splitlines() if l.startswith("WRKJSON ")), None)
     if line is None:
@@ -855,9 +822,13 @@ def storm(gm, tokens, nice_experiment=True):
         "errors": sum(raw["errors"].values()),
         "error_detail": raw["errors"],
     }
-    for result in (baseline, during, niced):
-        if result:
-            result["other_cores"] = round(other_cores(result), 3)
+    # The service answers a sign-in it cannot hash soon with 503 at once: wrk counts those
+    # (every answer but 2xx and 3xx) as status errors; the others are sign-ins served.
+    login_result["refused"] = raw["errors"].get("status", 0)
+    login_result["served_per_second"] = ((raw["requests"] - login_result["refused"])
+                                         / (raw["duration_us"] / 1e6))
+    for result in (baseline, during):
+        result["other_cores"] = round(other_cores(result), 3)
     log(f"storm: balance p99 {baseline['p99_ms']:.2f} ms alone, {during['p99_ms']:.2f} ms during "
         f"{login_result['rps']:.1f} logins/s")
     figures = {
@@ -870,8 +841,6 @@ def storm(gm, tokens, nice_experiment=True):
         "storm_users": STORM_USERS,
         "peak_rss_kb_so_far": gm.peak_rss_kb(),
     }
-    if niced:
-        figures["during_hashing_thread_niced"] = niced
     return figures
 
 

@@ -77,11 +77,12 @@ async fn a_successful_sign_in_resets_the_count_of_a_login() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_sign_ins_beyond_the_hashing_queue_is_shed_with_503_at_once() {
-    // One hashing thread, so at most four sign-ins wait; each hash takes tens of milliseconds.
+    // One hashing thread and hashes of a tenth of a second or more, so that about ten
+    // sign-ins at most may wait.
     let app = spawn_app_with(Options {
         extra_args: vec![
             "--bcrypt-cost".into(),
-            "10".into(),
+            "12".into(),
             "--bcrypt-concurrency".into(),
             "1".into(),
         ],

@@ -4,16 +4,17 @@
 //! A hash takes a core for hundreds of milliseconds. Run at normal priority, a storm of
 //! sign-ins would share the cores evenly with every other request and slow them all; at nice
 //! 19 the hashing gets what the other work leaves. At most one hash per core but one runs at
-//! a time, and a few sign-ins per hashing thread may wait: beyond that a sign-in is refused at
-//! once as [`HashingError::Busy`] instead of waiting for seconds. A sign-in whose client has
-//! gone by the time its turn comes is not hashed at all.
+//! a time, and sign-ins wait for their turn only as long as [`MAX_WAIT`] (judged from how long
+//! recent hashes took, and at least [`MIN_WAITING_PER_THREAD`] per thread): beyond that a
+//! sign-in is refused at once as [`HashingError::Busy`] instead of waiting for seconds. A
+//! sign-in whose client has gone by the time its turn comes is not hashed at all.
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc, Arc, Mutex, OnceLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use application::ports::security::{HashingError, PasswordHash, PasswordHasher};
@@ -21,8 +22,11 @@ use async_trait::async_trait;
 use domain::Password;
 use tokio::sync::oneshot;
 
-/// How many sign-ins may wait per hashing thread before more are refused as busy.
-pub const WAITING_PER_THREAD: usize = 4;
+/// The longest a sign-in should wait for a hashing thread; beyond it sign-ins are refused.
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Sign-ins allowed to wait per hashing thread however slow hashes are.
+pub const MIN_WAITING_PER_THREAD: usize = 4;
 
 /// What a refused sign-in is told to wait before trying again.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -49,7 +53,14 @@ struct Shared {
     /// The dummy hash, made on a hashing thread when first needed (it takes as long as any
     /// hash, and nothing should wait for it at start).
     dummy: OnceLock<String>,
-    jobs: mpsc::SyncSender<Job>,
+    jobs: mpsc::Sender<Job>,
+    threads: usize,
+    /// Sign-ins waiting for a thread, and how many may.
+    waiting: AtomicUsize,
+    min_waiting_per_thread: usize,
+    max_wait: Duration,
+    /// How long a hash takes, as a moving average in nanoseconds (0 until one is done).
+    hash_nanos: AtomicU64,
     /// Sign-ins dropped unhashed because their caller had gone.
     abandoned: AtomicU64,
 }
@@ -65,23 +76,27 @@ impl BcryptHasher {
     }
 
     /// A hasher that runs at most `concurrency` hashes at once (at least one), each on a
-    /// thread of its own at the lowest priority, with [`WAITING_PER_THREAD`] sign-ins per
-    /// thread allowed to wait.
+    /// thread of its own at the lowest priority; sign-ins wait up to about [`MAX_WAIT`].
     ///
     /// # Errors
     /// [`HashingError`] when the cost is out of range or a thread cannot be started.
     pub fn with_concurrency(cost: u32, concurrency: usize) -> Result<Self, HashingError> {
         let threads = concurrency.max(1);
-        Self::with_queue(cost, threads, threads * WAITING_PER_THREAD)
+        Self::with_queue(cost, threads, MIN_WAITING_PER_THREAD, MAX_WAIT)
     }
 
-    fn with_queue(cost: u32, threads: usize, waiting: usize) -> Result<Self, HashingError> {
+    fn with_queue(
+        cost: u32,
+        threads: usize,
+        min_waiting_per_thread: usize,
+        max_wait: Duration,
+    ) -> Result<Self, HashingError> {
         if !COSTS.contains(&cost) {
             return Err(HashingError::Failed(Box::new(
                 bcrypt::BcryptError::CostNotAllowed(cost),
             )));
         }
-        let (jobs, queue) = mpsc::sync_channel::<Job>(waiting);
+        let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..threads {
             let queue = queue.clone();
@@ -95,16 +110,23 @@ impl BcryptHasher {
                 cost,
                 dummy: OnceLock::new(),
                 jobs,
+                threads,
+                waiting: AtomicUsize::new(0),
+                min_waiting_per_thread,
+                max_wait,
+                hash_nanos: AtomicU64::new(0),
                 abandoned: AtomicU64::new(0),
             }),
         };
         // Make the dummy hash now, in the background, so that the first unknown login takes
         // no longer than any other.
         let shared = hasher.shared.clone();
-        let _ = hasher
-            .shared
-            .jobs
-            .try_send(Box::new(move || drop(shared.dummy())));
+        let _ = hasher.shared.jobs.send(Box::new(move || {
+            let started = Instant::now();
+            if shared.dummy().is_ok() {
+                shared.hashed_in(started.elapsed());
+            }
+        }));
         Ok(hasher)
     }
 
@@ -113,24 +135,33 @@ impl BcryptHasher {
         &self,
         work: impl FnOnce(&Shared) -> Result<T, bcrypt::BcryptError> + Send + 'static,
     ) -> Result<T, HashingError> {
+        let limit = self.shared.waiting_limit();
+        if self.shared.waiting.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(HashingError::Busy {
+                retry_after: BUSY_RETRY_AFTER,
+            });
+        }
         let (reply, answer) = oneshot::channel();
         let shared = self.shared.clone();
         let job: Job = Box::new(move || {
+            shared.waiting.fetch_sub(1, Ordering::AcqRel);
             if reply.is_closed() {
                 let abandoned = shared.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(abandoned, "sign-in abandoned by its client: not hashed");
                 return;
             }
-            let _ = reply.send(work(&shared));
+            let started = Instant::now();
+            let result = work(&shared);
+            shared.hashed_in(started.elapsed());
+            let _ = reply.send(result);
         });
-        self.shared.jobs.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => HashingError::Busy {
-                retry_after: BUSY_RETRY_AFTER,
-            },
-            mpsc::TrySendError::Disconnected(_) => {
-                HashingError::Failed("the hashing threads have stopped".into())
-            }
-        })?;
+        if self.shared.jobs.send(job).is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(HashingError::Failed(
+                "the hashing threads have stopped".into(),
+            ));
+        }
         answer
             .await
             .map_err(|e| HashingError::Failed(Box::new(e)))?
@@ -139,6 +170,31 @@ impl BcryptHasher {
 }
 
 impl Shared {
+    /// How many sign-ins may wait: as many as the threads get through in `max_wait`, judging
+    /// by recent hashes, and never fewer than the minimum per thread.
+    fn waiting_limit(&self) -> usize {
+        let per_hash = self.hash_nanos.load(Ordering::Relaxed).max(1);
+        let per_thread = u64::try_from(self.max_wait.as_nanos()).unwrap_or(u64::MAX) / per_hash;
+        usize::try_from(per_thread)
+            .unwrap_or(usize::MAX)
+            .max(self.min_waiting_per_thread)
+            .saturating_mul(self.threads)
+    }
+
+    /// Takes a hash's duration into the moving average (weight 1/8).
+    fn hashed_in(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .hash_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+                Some(if average == 0 {
+                    took
+                } else {
+                    average - average / 8 + took / 8
+                })
+            });
+    }
+
     fn dummy(&self) -> Result<&str, bcrypt::BcryptError> {
         if let Some(dummy) = self.dummy.get() {
             return Ok(dummy);
@@ -264,7 +320,7 @@ mod tests {
         hasher
             .shared
             .jobs
-            .try_send(Box::new(move || {
+            .send(Box::new(move || {
                 let _ = started.send(());
                 let _ = held.recv();
             }))
@@ -273,10 +329,10 @@ mod tests {
         release
     }
 
-    /// A hasher whose dummy hash is made already, so that only the tests' jobs are queued
-    /// (`waiting` counts the job that makes it, too).
+    /// A hasher that lets `waiting` sign-ins wait per thread, however fast hashes are, with its
+    /// dummy hash made already.
     async fn hasher(threads: usize, waiting: usize) -> BcryptHasher {
-        let hasher = BcryptHasher::with_queue(4, threads, waiting).expect("cost");
+        let hasher = BcryptHasher::with_queue(4, threads, waiting, Duration::ZERO).expect("cost");
         hasher
             .verify(&password("anything"), None)
             .await
@@ -326,6 +382,57 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sign_ins_may_wait_as_long_as_the_threads_take_to_clear_them_in_a_second() {
+        let hasher = BcryptHasher::with_queue(4, 2, 4, Duration::from_secs(1)).expect("cost");
+        let shared = &hasher.shared;
+
+        shared.hash_nanos.store(250_000_000, Ordering::Relaxed);
+        assert_eq!(
+            shared.waiting_limit(),
+            8,
+            "slow hashes: the minimum, 4 per thread"
+        );
+        shared.hash_nanos.store(100_000_000, Ordering::Relaxed);
+        assert_eq!(shared.waiting_limit(), 20, "10 per second per thread");
+        shared.hash_nanos.store(1_000_000, Ordering::Relaxed);
+        assert_eq!(shared.waiting_limit(), 2000, "fast hashes: many may wait");
+    }
+
+    #[test]
+    fn the_hash_time_is_a_moving_average() {
+        let hasher = BcryptHasher::with_queue(4, 1, 4, MAX_WAIT).expect("cost");
+        let shared = &hasher.shared;
+        shared.hash_nanos.store(0, Ordering::Relaxed);
+
+        shared.hashed_in(Duration::from_millis(80));
+        assert_eq!(shared.hash_nanos.load(Ordering::Relaxed), 80_000_000);
+        shared.hashed_in(Duration::from_millis(160));
+        assert_eq!(shared.hash_nanos.load(Ordering::Relaxed), 90_000_000);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_fast_hashes_waits_instead_of_being_refused() {
+        let hasher = BcryptHasher::with_queue(4, 1, 1, MAX_WAIT).expect("cost");
+        hasher
+            .verify(&password("anything"), None)
+            .await
+            .expect("dummy made, hash time known");
+        let release = hold_a_thread(&hasher);
+        let burst: Vec<_> = (0..16)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.hash(&password("p")).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        drop(release);
+        for task in burst {
+            assert!(task.await.expect("task").is_ok(), "waited its turn");
+        }
+    }
+
     #[tokio::test]
     async fn a_sign_in_whose_caller_left_is_not_hashed() {
         let hasher = hasher(1, 4).await;
@@ -369,7 +476,7 @@ mod tests {
     #[tokio::test]
     async fn hashing_threads_run_at_the_lowest_priority() {
         // Its threads live as long as it does.
-        let hasher = hasher(1, 2).await;
+        let hasher = hasher(1, 1).await;
 
         let nice = nice_of_threads_named("bcrypt-0");
         drop(hasher);

@@ -61,8 +61,8 @@ pub struct Config {
     pub bcrypt_cost: u32,
 
     /// Password hashes computed at once, each on a thread of its own at the lowest CPU
-    /// priority; four sign-ins per thread may wait their turn, and further ones get 503 at
-    /// once. Default: one per core but one, at least one.
+    /// priority; sign-ins wait their turn up to about a second (at least four per thread),
+    /// and further ones get 503 at once. Default: one per core but one, at least one.
     #[arg(long, env = "BCRYPT_CONCURRENCY")]
     pub bcrypt_concurrency: Option<usize>,
 

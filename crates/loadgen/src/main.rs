@@ -120,6 +120,31 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// Posts `body`, and again after the `Retry-After` of each 503 (the service sheds sign-ins it
+/// cannot hash soon), up to a minute in all.
+async fn post_until_served(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<reqwest::Response> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = http.post(url).json(body).send().await?;
+        if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || Instant::now() > deadline
+        {
+            return Ok(response);
+        }
+        let wait = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(1), Duration::from_secs);
+        tokio::time::sleep(wait).await;
+    }
+}
+
 async fn register(
     base: &str,
     prefix: &str,
@@ -135,17 +160,11 @@ async fn register(
             let http = http.clone();
             let body = json!({"login": format!("{prefix}{i}"), "password": password});
             async move {
-                let mut response = http
-                    .post(format!("{base}/api/user/register"))
-                    .json(&body)
-                    .send()
-                    .await?;
+                let mut response =
+                    post_until_served(&http, &format!("{base}/api/user/register"), &body).await?;
                 if response.status() == reqwest::StatusCode::CONFLICT {
-                    response = http
-                        .post(format!("{base}/api/user/login"))
-                        .json(&body)
-                        .send()
-                        .await?;
+                    response =
+                        post_until_served(&http, &format!("{base}/api/user/login"), &body).await?;
                 }
                 if !response.status().is_success() {
                     bail!("user {i}: {}", response.status());
