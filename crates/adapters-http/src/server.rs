@@ -104,6 +104,10 @@ pub fn http_server(
             .configure(|cfg| configure_api_description(cfg, document))
     })
     .disable_signals()
+    // Answers may go out in more than one write (a compressed body is encoded after its
+    // headers are sent): without TCP_NODELAY, Nagle's algorithm holds the second write until
+    // the client acknowledges the first, which a client delaying its ACKs does after 40 ms.
+    .tcp_nodelay(true)
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     .client_request_timeout(config.client_request_timeout);
     if config.workers > 0 {
