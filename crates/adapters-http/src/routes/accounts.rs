@@ -106,13 +106,11 @@ impl ResponseError for LogInHandlerError {
 }
 
 /// 503 (with `Retry-After`) when too many sign-ins wait for the hasher: load shed on purpose,
-/// not a failure; 500, logged, when hashing failed.
+/// not a failure, and not logged (a storm would flood the log; the request metrics count
+/// them); 500, logged, when hashing failed.
 fn hashing_status(error: &HashingError) -> StatusCode {
     match error {
-        HashingError::Busy { .. } => {
-            tracing::info!("sign-in refused: too many waiting for password hashing");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        HashingError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         HashingError::Failed(_) => {
             log_chain(error);
             StatusCode::INTERNAL_SERVER_ERROR
