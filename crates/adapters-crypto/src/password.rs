@@ -1,13 +1,16 @@
-//! [`PasswordHasher`] with bcrypt, on a few threads of its own that run at the lowest CPU
-//! priority, fed by a bounded queue.
+//! [`PasswordHasher`] with bcrypt, on a few threads of its own, with a bounded wait.
 //!
-//! A hash takes a core for hundreds of milliseconds. Run at normal priority, a storm of
-//! sign-ins would share the cores evenly with every other request and slow them all; at nice
-//! 19 the hashing gets what the other work leaves. At most one hash per core but one runs at
-//! a time, and sign-ins wait for their turn only as long as [`MAX_WAIT`] (judged from how long
-//! recent hashes took, and at least [`MIN_WAITING_PER_THREAD`] per thread): beyond that a
-//! sign-in is refused at once as [`HashingError::Busy`] instead of waiting for seconds. A
-//! sign-in whose client has gone by the time its turn comes is not hashed at all.
+//! A hash takes a core for hundreds of milliseconds. At most one hash per core but one runs at
+//! a time, so a storm of sign-ins leaves a core to everything else; sign-ins wait for their
+//! turn only as long as [`MAX_WAIT`] (judged from how long recent hashes took, and at least
+//! [`MIN_WAITING_PER_THREAD`] per thread): beyond that a sign-in is refused at once as
+//! [`HashingError::Busy`] instead of waiting for seconds. A sign-in whose client has gone
+//! before its turn comes is not hashed at all.
+//!
+//! The threads run at normal priority on purpose. At nice 19 they made the HTTP workers stall
+//! for up to a second during a storm: a hashing thread preempted while it held a lock the
+//! workers share with it (the job channel's, the async runtime's wake-up queue) kept it until
+//! the scheduler ran it again, which at nice 19 on busy cores took that long.
 
 use std::{
     sync::{
@@ -54,8 +57,10 @@ struct Shared {
     /// hash, and nothing should wait for it at start).
     dummy: OnceLock<String>,
     jobs: mpsc::Sender<Job>,
+    /// One per thread: at most one job per thread is in the channel at a time.
+    permits: tokio::sync::Semaphore,
     threads: usize,
-    /// Sign-ins waiting for a thread, and how many may.
+    /// Sign-ins waiting for a thread (for a permit), and how many may.
     waiting: AtomicUsize,
     min_waiting_per_thread: usize,
     max_wait: Duration,
@@ -76,7 +81,7 @@ impl BcryptHasher {
     }
 
     /// A hasher that runs at most `concurrency` hashes at once (at least one), each on a
-    /// thread of its own at the lowest priority; sign-ins wait up to about [`MAX_WAIT`].
+    /// thread of its own; sign-ins wait up to about [`MAX_WAIT`].
     ///
     /// # Errors
     /// [`HashingError`] when the cost is out of range or a thread cannot be started.
@@ -110,6 +115,7 @@ impl BcryptHasher {
                 cost,
                 dummy: OnceLock::new(),
                 jobs,
+                permits: tokio::sync::Semaphore::new(threads),
                 threads,
                 waiting: AtomicUsize::new(0),
                 min_waiting_per_thread,
@@ -136,16 +142,24 @@ impl BcryptHasher {
         work: impl FnOnce(&Shared) -> Result<T, bcrypt::BcryptError> + Send + 'static,
     ) -> Result<T, HashingError> {
         let limit = self.shared.waiting_limit();
-        if self.shared.waiting.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        let waiting = Waiting::enter(&self.shared.waiting);
+        if waiting.ahead >= limit {
             return Err(HashingError::Busy {
                 retry_after: BUSY_RETRY_AFTER,
             });
         }
+        // Sign-ins wait for a thread here, not in the threads' channel, so that one whose
+        // caller goes while it waits simply leaves the queue (and the count of waiting ones).
+        let _permit = self
+            .shared
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| HashingError::Failed(Box::new(e)))?;
+        drop(waiting);
         let (reply, answer) = oneshot::channel();
         let shared = self.shared.clone();
         let job: Job = Box::new(move || {
-            shared.waiting.fetch_sub(1, Ordering::AcqRel);
             if reply.is_closed() {
                 let abandoned = shared.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::debug!(abandoned, "sign-in abandoned by its client: not hashed");
@@ -157,7 +171,6 @@ impl BcryptHasher {
             let _ = reply.send(result);
         });
         if self.shared.jobs.send(job).is_err() {
-            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(HashingError::Failed(
                 "the hashing threads have stopped".into(),
             ));
@@ -166,6 +179,26 @@ impl BcryptHasher {
             .await
             .map_err(|e| HashingError::Failed(Box::new(e)))?
             .map_err(|e| HashingError::Failed(Box::new(e)))
+    }
+}
+
+/// A sign-in counted as waiting for a thread while this lives.
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    /// How many were waiting before this one.
+    ahead: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let ahead = count.fetch_add(1, Ordering::AcqRel);
+        Self { count, ahead }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -204,16 +237,8 @@ impl Shared {
     }
 }
 
-/// A hashing thread: lowers its own priority, then runs jobs until the hasher is dropped.
+/// A hashing thread: runs jobs until the hasher is dropped.
 fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
-    if let Err(error) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-    {
-        tracing::warn!(
-            ?error,
-            "could not lower the priority of a password hashing thread"
-        );
-    }
     loop {
         // The lock is held only while waiting for a job, never while hashing.
         let job = match queue.lock() {
@@ -359,7 +384,8 @@ mod tests {
     async fn beyond_the_waiting_room_a_sign_in_is_refused_at_once_as_busy() {
         let hasher = hasher(1, 2).await;
         let release = hold_a_thread(&hasher);
-        let waiting: Vec<_> = (0..2)
+        // One takes the thread's place in line, two wait for it: the waiting room is full.
+        let waiting: Vec<_> = (0..3)
             .map(|_| {
                 let hasher = hasher.clone();
                 tokio::spawn(async move { hasher.verify(&password("p"), None).await })
@@ -450,39 +476,6 @@ mod tests {
         hasher.hash(&password("here")).await.expect("hashed");
 
         assert_eq!(hasher.shared.abandoned.load(Ordering::Relaxed), 1);
-    }
-
-    /// The nice value of this process's threads of that name, from /proc.
-    fn nice_of_threads_named(name: &str) -> Vec<i64> {
-        std::fs::read_dir("/proc/self/task")
-            .expect("/proc")
-            .flatten()
-            .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-            .filter(|stat| stat.contains(&format!("({name})")))
-            .map(|stat| {
-                // Fields after the command name: state is the 3rd field, nice the 19th.
-                let after = &stat[stat.rfind(')').expect("comm") + 2..];
-                after
-                    .split(' ')
-                    .nth(19 - 3)
-                    .expect("nice field")
-                    .parse()
-                    .expect("a number")
-            })
-            .collect()
-    }
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn hashing_threads_run_at_the_lowest_priority() {
-        // Its threads live as long as it does.
-        let hasher = hasher(1, 1).await;
-
-        let nice = nice_of_threads_named("bcrypt-0");
-        drop(hasher);
-
-        assert!(!nice.is_empty(), "a hashing thread exists");
-        assert!(nice.iter().all(|&n| n == 19), "nice values {nice:?}");
     }
 
     #[test]
