@@ -54,10 +54,6 @@ impl PgStore {
         self.signal.local.clone()
     }
 
-    pub(crate) fn order_queued(&self) {
-        self.signal.order_queued();
-    }
-
     /// Announces queued orders to every instance's [`listen_for_queued_orders`], until `stop`
     /// is cancelled: one `NOTIFY` for all the orders queued since the last one, at most one
     /// per [`ANNOUNCE_INTERVAL`].

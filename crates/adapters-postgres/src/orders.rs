@@ -65,7 +65,7 @@ impl OrderRepository for PgStore {
         .await
         .map_err(from_diesel)?;
         if inserted.inserted > 0 {
-            self.order_queued();
+            self.signal.order_queued();
             return Ok(InsertOrderOutcome::Inserted);
         }
         let owner: i64 = orders::table
