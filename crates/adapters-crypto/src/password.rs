@@ -1,21 +1,21 @@
-//! [`PasswordHasher`] with bcrypt, on a few threads of its own, with a bounded wait.
+//! [`PasswordHasher`] with bcrypt on tokio's blocking threads, a few at a time, with a bounded
+//! wait.
 //!
 //! A hash takes a core for hundreds of milliseconds. At most one hash per core but one runs at
 //! a time, so a storm of sign-ins leaves a core to everything else; sign-ins wait for their
 //! turn only as long as [`MAX_WAIT`] (judged from how long recent hashes took, and at least
-//! [`MIN_WAITING_PER_THREAD`] per thread): beyond that a sign-in is refused at once as
-//! [`HashingError::Busy`] instead of waiting for seconds. A sign-in whose client has gone
-//! before its turn comes is not hashed at all.
+//! [`MIN_WAITING_PER_THREAD`] per hash running at once): beyond that a sign-in is refused at
+//! once as [`HashingError::Busy`] instead of waiting for seconds. A sign-in whose caller goes
+//! while it waits leaves the queue and is not hashed.
 //!
-//! The threads run at normal priority on purpose. At nice 19 they made the HTTP workers stall
-//! for up to a second during a storm: a hashing thread preempted while it held a lock the
-//! workers share with it (the job channel's, the async runtime's wake-up queue) kept it until
-//! the scheduler ran it again, which at nice 19 on busy cores took that long.
+//! The hashes run at normal priority on purpose: on threads at nice 19 they made the HTTP
+//! workers stall for up to a second during a storm (a low-priority thread preempted while
+//! holding a lock the workers share with it keeps it until the scheduler runs it again).
 
 use std::{
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        mpsc, Arc, Mutex, OnceLock,
+        Arc, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -23,12 +23,12 @@ use std::{
 use application::ports::security::{HashingError, PasswordHash, PasswordHasher};
 use async_trait::async_trait;
 use domain::Password;
-use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
 
-/// The longest a sign-in should wait for a hashing thread; beyond it sign-ins are refused.
+/// The longest a sign-in should wait for its turn; beyond it sign-ins are refused.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
-/// Sign-ins allowed to wait per hashing thread however slow hashes are.
+/// Sign-ins allowed to wait per hash running at once, however slow hashes are.
 pub const MIN_WAITING_PER_THREAD: usize = 4;
 
 /// What a refused sign-in is told to wait before trying again.
@@ -41,8 +41,6 @@ const COSTS: std::ops::RangeInclusive<u32> = 4..=31;
 /// The password the dummy hash is made of.
 const DUMMY_PASSWORD: &str = "gophermart dummy password";
 
-type Job = Box<dyn FnOnce() + Send>;
-
 /// bcrypt at a chosen cost. Unknown logins are checked against a dummy hash of the same cost,
 /// so they take as long as a wrong password.
 #[derive(Debug, Clone)]
@@ -53,21 +51,20 @@ pub struct BcryptHasher {
 #[derive(Debug)]
 struct Shared {
     cost: u32,
-    /// The dummy hash, made on a hashing thread when first needed (it takes as long as any
-    /// hash, and nothing should wait for it at start).
+    /// The dummy hash, made in the background at start, or when first needed (it takes as long
+    /// as any hash, and nothing should wait for it at start).
     dummy: OnceLock<String>,
-    jobs: mpsc::Sender<Job>,
-    /// One per thread: at most one job per thread is in the channel at a time.
-    permits: tokio::sync::Semaphore,
-    threads: usize,
-    /// Sign-ins waiting for a thread (for a permit), and how many may.
+    /// One per hash that may run at once.
+    permits: Arc<Semaphore>,
+    concurrency: usize,
+    /// Sign-ins waiting for a permit, and how many may.
     waiting: AtomicUsize,
     min_waiting_per_thread: usize,
     max_wait: Duration,
     /// How long a hash takes, as a moving average in nanoseconds (0 until one is done).
     hash_nanos: AtomicU64,
-    /// Sign-ins dropped unhashed because their caller had gone.
-    abandoned: AtomicU64,
+    /// Hashes done so far.
+    hashes: AtomicU64,
 }
 
 impl BcryptHasher {
@@ -80,19 +77,18 @@ impl BcryptHasher {
         Self::with_concurrency(cost, default_concurrency())
     }
 
-    /// A hasher that runs at most `concurrency` hashes at once (at least one), each on a
-    /// thread of its own; sign-ins wait up to about [`MAX_WAIT`].
+    /// A hasher that runs at most `concurrency` hashes at once (at least one); sign-ins wait up
+    /// to about [`MAX_WAIT`].
     ///
     /// # Errors
-    /// [`HashingError`] when the cost is out of range or a thread cannot be started.
+    /// [`HashingError`] when the cost is out of range.
     pub fn with_concurrency(cost: u32, concurrency: usize) -> Result<Self, HashingError> {
-        let threads = concurrency.max(1);
-        Self::with_queue(cost, threads, MIN_WAITING_PER_THREAD, MAX_WAIT)
+        Self::with_queue(cost, concurrency.max(1), MIN_WAITING_PER_THREAD, MAX_WAIT)
     }
 
     fn with_queue(
         cost: u32,
-        threads: usize,
+        concurrency: usize,
         min_waiting_per_thread: usize,
         max_wait: Duration,
     ) -> Result<Self, HashingError> {
@@ -101,42 +97,27 @@ impl BcryptHasher {
                 bcrypt::BcryptError::CostNotAllowed(cost),
             )));
         }
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
-        for n in 0..threads {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("bcrypt-{n}"))
-                .spawn(move || hashing_thread(&queue))
-                .map_err(|e| HashingError::Failed(Box::new(e)))?;
-        }
-        let hasher = Self {
-            shared: Arc::new(Shared {
-                cost,
-                dummy: OnceLock::new(),
-                jobs,
-                permits: tokio::sync::Semaphore::new(threads),
-                threads,
-                waiting: AtomicUsize::new(0),
-                min_waiting_per_thread,
-                max_wait,
-                hash_nanos: AtomicU64::new(0),
-                abandoned: AtomicU64::new(0),
-            }),
-        };
+        let shared = Arc::new(Shared {
+            cost,
+            dummy: OnceLock::new(),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            waiting: AtomicUsize::new(0),
+            min_waiting_per_thread,
+            max_wait,
+            hash_nanos: AtomicU64::new(0),
+            hashes: AtomicU64::new(0),
+        });
         // Make the dummy hash now, in the background, so that the first unknown login takes
-        // no longer than any other.
-        let shared = hasher.shared.clone();
-        let _ = hasher.shared.jobs.send(Box::new(move || {
-            let started = Instant::now();
-            if shared.dummy().is_ok() {
-                shared.hashed_in(started.elapsed());
-            }
-        }));
-        Ok(hasher)
+        // no longer than any other (without a runtime it is made when first needed).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = shared.clone();
+            runtime.spawn_blocking(move || shared.timed(|shared| shared.dummy().map(drop)));
+        }
+        Ok(Self { shared })
     }
 
-    /// Runs `work` on a hashing thread, unless too many are waiting already.
+    /// Runs `work` on a blocking thread when its turn comes, unless too many wait already.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Shared) -> Result<T, bcrypt::BcryptError> + Send + 'static,
@@ -148,41 +129,28 @@ impl BcryptHasher {
                 retry_after: BUSY_RETRY_AFTER,
             });
         }
-        // Sign-ins wait for a thread here, not in the threads' channel, so that one whose
-        // caller goes while it waits simply leaves the queue (and the count of waiting ones).
-        let _permit = self
+        // The permit goes with the work: a caller that leaves after this point does not free
+        // a place while its hash still runs.
+        let permit = self
             .shared
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| HashingError::Failed(Box::new(e)))?;
         drop(waiting);
-        let (reply, answer) = oneshot::channel();
         let shared = self.shared.clone();
-        let job: Job = Box::new(move || {
-            if reply.is_closed() {
-                let abandoned = shared.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::debug!(abandoned, "sign-in abandoned by its client: not hashed");
-                return;
-            }
-            let started = Instant::now();
-            let result = work(&shared);
-            shared.hashed_in(started.elapsed());
-            let _ = reply.send(result);
-        });
-        if self.shared.jobs.send(job).is_err() {
-            return Err(HashingError::Failed(
-                "the hashing threads have stopped".into(),
-            ));
-        }
-        answer
-            .await
-            .map_err(|e| HashingError::Failed(Box::new(e)))?
-            .map_err(|e| HashingError::Failed(Box::new(e)))
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            shared.timed(work)
+        })
+        .await
+        .map_err(|e| HashingError::Failed(Box::new(e)))?
+        .map_err(|e| HashingError::Failed(Box::new(e)))
     }
 }
 
-/// A sign-in counted as waiting for a thread while this lives.
+/// A sign-in counted as waiting for its turn while this lives.
 struct Waiting<'a> {
     count: &'a AtomicUsize,
     /// How many were waiting before this one.
@@ -203,15 +171,24 @@ impl Drop for Waiting<'_> {
 }
 
 impl Shared {
-    /// How many sign-ins may wait: as many as the threads get through in `max_wait`, judging
-    /// by recent hashes, and never fewer than the minimum per thread.
+    /// How many sign-ins may wait: as many as the hashes running at once get through in
+    /// `max_wait`, judging by recent hashes, and never fewer than the minimum per hash.
     fn waiting_limit(&self) -> usize {
         let per_hash = self.hash_nanos.load(Ordering::Relaxed).max(1);
         let per_thread = u64::try_from(self.max_wait.as_nanos()).unwrap_or(u64::MAX) / per_hash;
         usize::try_from(per_thread)
             .unwrap_or(usize::MAX)
             .max(self.min_waiting_per_thread)
-            .saturating_mul(self.threads)
+            .saturating_mul(self.concurrency)
+    }
+
+    /// Runs a hash, counting it and taking its duration into the moving average.
+    fn timed<T>(&self, work: impl FnOnce(&Self) -> T) -> T {
+        let started = Instant::now();
+        let result = work(self);
+        self.hashes.fetch_add(1, Ordering::Relaxed);
+        self.hashed_in(started.elapsed());
+        result
     }
 
     /// Takes a hash's duration into the moving average (weight 1/8).
@@ -234,21 +211,6 @@ impl Shared {
         }
         let made = bcrypt::hash(DUMMY_PASSWORD, self.cost)?;
         Ok(self.dummy.get_or_init(|| made))
-    }
-}
-
-/// A hashing thread: runs jobs until the hasher is dropped.
-fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
-    loop {
-        // The lock is held only while waiting for a job, never while hashing.
-        let job = match queue.lock() {
-            Ok(queue) => queue.recv(),
-            Err(_) => return,
-        };
-        match job {
-            Ok(job) => job(),
-            Err(mpsc::RecvError) => return,
-        }
     }
 }
 
@@ -338,26 +300,21 @@ mod tests {
         assert!(!verified);
     }
 
-    /// Occupies one hashing thread until the returned sender is dropped.
-    fn hold_a_thread(hasher: &BcryptHasher) -> std::sync::mpsc::Sender<()> {
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (started, running) = std::sync::mpsc::channel::<()>();
+    /// Takes the place of one hash running until the returned permit is dropped.
+    fn hold_a_thread(hasher: &BcryptHasher) -> tokio::sync::OwnedSemaphorePermit {
         hasher
             .shared
-            .jobs
-            .send(Box::new(move || {
-                let _ = started.send(());
-                let _ = held.recv();
-            }))
-            .expect("queued");
-        running.recv().expect("the job runs");
-        release
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .expect("a free place")
     }
 
-    /// A hasher that lets `waiting` sign-ins wait per thread, however fast hashes are, with its
-    /// dummy hash made already.
-    async fn hasher(threads: usize, waiting: usize) -> BcryptHasher {
-        let hasher = BcryptHasher::with_queue(4, threads, waiting, Duration::ZERO).expect("cost");
+    /// A hasher that lets `waiting` sign-ins wait per hash running, however fast hashes are,
+    /// with its dummy hash made already.
+    async fn hasher(concurrency: usize, waiting: usize) -> BcryptHasher {
+        let hasher =
+            BcryptHasher::with_queue(4, concurrency, waiting, Duration::ZERO).expect("cost");
         hasher
             .verify(&password("anything"), None)
             .await
@@ -384,8 +341,8 @@ mod tests {
     async fn beyond_the_waiting_room_a_sign_in_is_refused_at_once_as_busy() {
         let hasher = hasher(1, 2).await;
         let release = hold_a_thread(&hasher);
-        // One takes the thread's place in line, two wait for it: the waiting room is full.
-        let waiting: Vec<_> = (0..3)
+        // Two wait for the one place: the waiting room is full.
+        let waiting: Vec<_> = (0..2)
             .map(|_| {
                 let hasher = hasher.clone();
                 tokio::spawn(async move { hasher.verify(&password("p"), None).await })
@@ -462,6 +419,7 @@ mod tests {
     #[tokio::test]
     async fn a_sign_in_whose_caller_left_is_not_hashed() {
         let hasher = hasher(1, 4).await;
+        let hashed_before = hasher.shared.hashes.load(Ordering::Relaxed);
         let release = hold_a_thread(&hasher);
         let left = {
             let hasher = hasher.clone();
@@ -472,10 +430,14 @@ mod tests {
         let _ = left.await;
 
         drop(release);
-        // A later hash runs after the abandoned one was taken off the queue.
+        // A later hash runs once the place is free; the abandoned one never ran.
         hasher.hash(&password("here")).await.expect("hashed");
 
-        assert_eq!(hasher.shared.abandoned.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            hasher.shared.hashes.load(Ordering::Relaxed) - hashed_before,
+            1
+        );
+        assert_eq!(hasher.shared.waiting.load(Ordering::Relaxed), 0);
     }
 
     #[test]

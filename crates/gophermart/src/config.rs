@@ -60,9 +60,9 @@ pub struct Config {
     #[arg(long, env = "BCRYPT_COST", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
 
-    /// Password hashes computed at once, each on a thread of its own; sign-ins wait their
-    /// turn up to about a second (at least four per thread), and further ones get 503 at once.
-    /// Default: one per core but one, at least one.
+    /// Password hashes computed at once; sign-ins wait their turn up to about a second (at
+    /// least four per hash running), and further ones get 503 at once. Default: one per core
+    /// but one, at least one.
     #[arg(long, env = "BCRYPT_CONCURRENCY")]
     pub bcrypt_concurrency: Option<usize>,
 
