@@ -19,6 +19,8 @@ Phases, in order (see docs/benchmarks.md for what each figure means):
      clients, also with the pool's SELECT 1, and the upload with its old pg_notify;
   5. mixed customer workload (crates/loadgen);
   6. accrual pipeline: upload -> PROCESSED latency with an accrual system that answers at once;
+     then the drain: a backlog of BENCH_DRAIN_COUNT orders worked off by one fresh instance,
+     against the upload rate at 64 clients of the same run;
   7. login storm: balance latency while sign-ins (bcrypt cost 12) run flat out;
   8. accrual rate limit: orders completed per minute under a limit of N per minute, and 429s.
 
@@ -28,7 +30,8 @@ BENCH_STORM_SECONDS (10), BENCH_MIXED_SECONDS (10), BENCH_PIPELINE_RATE (per s, 
 BENCH_PIPELINE_COUNT (500), BENCH_USERS (per set, 1000), BENCH_BIN_DIR (target/release),
 BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gophermart, the
 baseline's included), BENCH_SKIP (comma-separated phases to skip: grid, baseline, ceiling,
-mixed, pipeline, storm, ratelimit; storm leaves out the baseline's storms too).
+mixed, pipeline, storm, drain, ratelimit; storm leaves out the baseline's storms too),
+BENCH_DRAIN_COUNT (the drain phase's backlog, 50000).
 Before and after: BENCH_BASELINE_BIN_DIR (the baseline build's binaries; only its gophermart
 is used), BENCH_BASELINE_LABEL (its name in the report; default the folder),
 BENCH_BASELINE_LEVELS ("64"), BENCH_BASELINE_ROUNDS (runs per build and point, 2).
@@ -68,6 +71,7 @@ MIXED_SECONDS = float(os.environ.get("BENCH_MIXED_SECONDS", "10"))
 MIXED_CLIENTS = int(os.environ.get("BENCH_MIXED_CLIENTS", "64"))
 PIPELINE_RATE = float(os.environ.get("BENCH_PIPELINE_RATE", "50"))
 PIPELINE_COUNT = int(os.environ.get("BENCH_PIPELINE_COUNT", "500"))
+DRAIN_COUNT = int(os.environ.get("BENCH_DRAIN_COUNT", "50000"))
 USERS = int(os.environ.get("BENCH_USERS", "1000"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
 # The "before" build measured beside the current one (phase "baseline"), when given.
@@ -99,6 +103,7 @@ BASELINE_PREFIXES = {"upload": "2", "withdraw": "3"}
 MIXED_PREFIX = "6"
 PIPELINE_PREFIX = "7"
 RATE_PREFIX = "8"
+DRAIN_PREFIX = "9"
 
 
 def log(message):
@@ -786,6 +791,58 @@ def pipeline(gm, accrual, tokens, results):
         f"{result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms")
 
 
+def drain(accrual, ids, results):
+    """The worker alone: a backlog of DRAIN_COUNT orders, every one registered in an accrual
+    system that answers at once and has no limit, queued while no instance runs; then one
+    instance starts and the queue is timed until it is empty. Compared with the upload rate
+    at 64 clients of the same run: the pipeline keeps up when it drains at least as fast."""
+    results["queue_leftovers_removed_before_drain"] = clear_queue_leftovers("drain")
+    loadgen("prereg", "--accrual", accrual.url, "--prefix", DRAIN_PREFIX, "--streams", 0,
+            "--count", DRAIN_COUNT)
+    lo, hi = ids["write"]
+    numbers = ",".join(f"'{luhn(f'{DRAIN_PREFIX}0{k:08d}')}'" for k in range(DRAIN_COUNT))
+    psql_script(f"""
+        WITH n AS (SELECT number, row_number() OVER () AS k FROM unnest(ARRAY[{numbers}]) AS number),
+        o AS (INSERT INTO orders (number, user_id, status, uploaded_at)
+              SELECT number, {lo} + k % {hi - lo + 1}, 'NEW', now() FROM n
+              RETURNING number, user_id)
+        INSERT INTO accrual_queue (order_number, user_id) SELECT number, user_id FROM o;
+        VACUUM ANALYZE accrual_queue;
+    """)
+    before = accrual.stats()
+    # Timed from the start of the process: its start-up (tens of milliseconds) counts too.
+    started = time.monotonic()
+    gm = Gophermart(accrual.url, log_name="gophermart-drain")
+    cpu = CpuMeter(gm.proc.pid, accrual.proc.pid)
+    cpu.start()
+    deadline = started + 600
+    like = f"{DRAIN_PREFIX}0%"
+    while time.monotonic() < deadline:
+        if psql(f"SELECT count(*) FROM accrual_queue WHERE order_number LIKE '{like}'") == "0":
+            break
+        time.sleep(0.05)
+    seconds = time.monotonic() - started
+    cpu_seconds = cpu.stop()
+    gm.stop()
+    processed = int(psql(f"SELECT count(*) FROM orders WHERE number LIKE '{like}' AND status = 'PROCESSED'"))
+    after = accrual.stats()
+    upload64 = next((r["rps"] for r in results["grid"].get("upload", []) if r.get("clients") == 64), None)
+    result = {
+        "orders": DRAIN_COUNT,
+        "processed": processed,
+        "seconds": round(seconds, 3),
+        "per_second": round(processed / seconds, 1),
+        "accrual_requests": after["answered"] - before["answered"],
+        "upload_rps_64_clients_same_run": upload64,
+        "drain_to_upload": round(processed / seconds / upload64, 3) if upload64 else None,
+        "cpu_seconds": cpu_seconds,
+    }
+    results["drain"] = result
+    ratio = f" = {result['drain_to_upload']:.2f} x the upload rate at 64 clients ({upload64:.0f}/s)" if upload64 else ""
+    log(f"drain: {processed}/{DRAIN_COUNT} processed in {seconds:.2f} s = {result['per_second']:.0f}/s{ratio}")
+    psql(f"DELETE FROM orders WHERE number LIKE '{like}'")
+
+
 def storm(gm, tokens):
     """Balance reads alone, then during a login storm against gm. Returns the figures."""
     # Users whose hashes have the service's default cost (12), made by this instance (or signed
@@ -986,6 +1043,8 @@ def main():
             results["storm"] = storm(gm, tokens)
         results["rss_kb"]["peak_after_mixed_pipeline_storm"] = gm.peak_rss_kb()
         gm.stop()
+        if "drain" not in SKIP:
+            drain(accrual, ids, results)
     finally:
         accrual.stop()
 

@@ -5,6 +5,7 @@
 //! it: failures are translated into the application's error enums.
 
 mod error;
+mod gate;
 mod ledger;
 mod listener;
 mod migrations;
@@ -18,6 +19,7 @@ mod schema;
 pub mod testing;
 mod users;
 
+pub use gate::PgClusterGate;
 pub use listener::{listen_for_queued_orders, ANNOUNCE_INTERVAL, QUEUE_CHANNEL};
 pub use migrations::{pending_migrations, run_migrations, MigrationError, MIGRATIONS};
 pub use pool::{PgPool, PgPoolConfig, PgStore, PoolStatus};

@@ -35,8 +35,8 @@ prepared_statement! {
          ON CONFLICT (number) DO NOTHING
          RETURNING number),
      q AS (
-         INSERT INTO accrual_queue (order_number, next_attempt_at)
-         SELECT number, $3 FROM ins
+         INSERT INTO accrual_queue (order_number, next_attempt_at, user_id)
+         SELECT number, $3, $2 FROM ins
          RETURNING order_number)
      SELECT count(*) AS inserted FROM q"
 }

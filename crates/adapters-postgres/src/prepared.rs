@@ -242,7 +242,12 @@ mod on_a_database {
                 .await
                 .expect("withdraw (refused: no points)");
             store
-                .claim(1, Utc::now(), std::time::Duration::from_secs(60))
+                .claim(
+                    1,
+                    Utc::now(),
+                    std::time::Duration::from_secs(60),
+                    application::ports::queue::ClaimOrder::DueFirst,
+                )
                 .await
                 .expect("claim");
             store.next_due().await.expect("next due");

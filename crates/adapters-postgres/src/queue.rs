@@ -2,22 +2,22 @@
 //!
 //! Entries are claimed with `FOR UPDATE SKIP LOCKED` and a lease (`locked_until`), so several
 //! workers and instances share the queue and the entries of a crashed worker come back when
-//! its lease runs out. A final outcome is applied by one statement guarded by the order's
-//! status, so it can never apply twice.
+//! its lease runs out. Final outcomes are applied by one statement guarded by each order's
+//! status, so none can apply twice, however many orders one statement carries.
 
 use std::time::Duration;
 
 use application::{
-    ports::queue::{AccrualQueue, FinalOutcome, QueueEntry, RetryReason},
+    ports::queue::{AccrualQueue, ClaimOrder, FinalOutcome, QueueEntry, Retry, RetryReason},
     RepositoryError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
-    sql_types::{Array, Int4, Int8, Nullable, Numeric, Text, Timestamptz},
+    sql_types::{Array, Bool, Int4, Int8, Nullable, Numeric, Text, Timestamptz},
 };
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use domain::{Money, OrderNumber};
 use rust_decimal::Decimal;
 
@@ -25,13 +25,13 @@ use crate::{
     error::{corrupt, from_diesel},
     models::{order_number, DbQueueStatus},
     prepared::prepared_statement,
-    schema::{accrual_queue, sql_types::QueueStatus},
+    schema::accrual_queue,
     PgStore,
 };
 
 prepared_statement! {
     /// Leases up to `limit` due entries that no live lease holds, earliest due first.
-    struct Claim {
+    struct ClaimDueFirst {
         limit: i64 => Int8,
         now: DateTime<Utc> => Timestamptz,
         lease_until: DateTime<Utc> => Timestamptz,
@@ -45,62 +45,132 @@ prepared_statement! {
          LIMIT $1
          FOR UPDATE SKIP LOCKED) due
      WHERE q.order_number = due.order_number
-     RETURNING q.order_number, q.attempts"
+     RETURNING q.order_number, q.attempts, q.unknown_checks"
 }
 
 prepared_statement! {
-    /// Marks an unfinished order `PROCESSED`, credits its accrual to the owner and drops its
-    /// queue entry; nothing when the order is already final.
-    struct CreditProcessed {
-        order: String => Text,
-        accrual: Option<Decimal> => Nullable<Numeric>,
+    /// Leases up to `limit` due entries, customers in turn: each customer's earliest due
+    /// entries (at most `limit` of each) are ranked by their place in that customer's line,
+    /// then by when the customer was last served (never first), then by due time; the
+    /// customers served are recorded. Customers are found by a skip scan of the owner index
+    /// (one probe per customer with queue entries), so a customer's backlog of any size costs
+    /// the claim no more than one entry. Entries without an owner (queued by an older
+    /// version) count as one customer that is always first in its round.
+    struct ClaimFairShares {
+        limit: i64 => Int8,
+        now: DateTime<Utc> => Timestamptz,
+        lease_until: DateTime<Utc> => Timestamptz,
     }
-    "WITH o AS (
-         UPDATE orders SET status = 'PROCESSED', accrual = $2, updated_at = now()
-         WHERE number = $1 AND status IN ('NEW', 'PROCESSING')
-         RETURNING user_id),
+    "WITH RECURSIVE owners(user_id) AS (
+         (SELECT user_id FROM accrual_queue WHERE user_id IS NOT NULL ORDER BY user_id LIMIT 1)
+         UNION ALL
+         SELECT (SELECT q.user_id FROM accrual_queue q WHERE q.user_id > owners.user_id
+                 ORDER BY q.user_id LIMIT 1)
+         FROM owners WHERE owners.user_id IS NOT NULL),
+     candidates AS (
+         SELECT o.user_id, e.order_number, e.next_attempt_at,
+                row_number() OVER (PARTITION BY o.user_id ORDER BY e.next_attempt_at) AS turn
+         FROM owners o CROSS JOIN LATERAL (
+             SELECT q.order_number, q.next_attempt_at FROM accrual_queue q
+             WHERE q.user_id = o.user_id AND q.next_attempt_at <= $2
+               AND (q.locked_until IS NULL OR q.locked_until <= $2)
+             ORDER BY q.next_attempt_at LIMIT $1) e
+         WHERE o.user_id IS NOT NULL
+         UNION ALL
+         SELECT NULL, e.order_number, e.next_attempt_at,
+                row_number() OVER (ORDER BY e.next_attempt_at)
+         FROM (
+             SELECT q.order_number, q.next_attempt_at FROM accrual_queue q
+             WHERE q.user_id IS NULL AND q.next_attempt_at <= $2
+               AND (q.locked_until IS NULL OR q.locked_until <= $2)
+             ORDER BY q.next_attempt_at LIMIT $1) e),
+     picked AS (
+         SELECT q.order_number FROM candidates c
+         JOIN accrual_queue q ON q.order_number = c.order_number
+         LEFT JOIN accrual_turns t ON t.user_id = c.user_id
+         WHERE q.next_attempt_at <= $2 AND (q.locked_until IS NULL OR q.locked_until <= $2)
+         ORDER BY c.turn, t.served_at NULLS FIRST, c.next_attempt_at
+         LIMIT $1
+         FOR UPDATE OF q SKIP LOCKED),
+     claimed AS (
+         UPDATE accrual_queue q SET locked_until = $3, updated_at = $2
+         FROM picked WHERE q.order_number = picked.order_number
+         RETURNING q.order_number, q.attempts, q.unknown_checks, q.user_id),
+     served AS (
+         INSERT INTO accrual_turns (user_id, served_at)
+         SELECT DISTINCT user_id, $2::timestamptz FROM claimed WHERE user_id IS NOT NULL
+         ON CONFLICT (user_id) DO UPDATE SET served_at = EXCLUDED.served_at)
+     SELECT order_number, attempts, unknown_checks FROM claimed"
+}
+
+prepared_statement! {
+    /// Locks the accounts that final outcomes for these orders may credit, in one order, so
+    /// that batches crediting the same customers concurrently cannot deadlock.
+    struct LockAccountsToCredit {
+        orders: Vec<String> => Array<Text>,
+    }
+    "SELECT a.user_id FROM accounts a JOIN orders o ON o.user_id = a.user_id
+     WHERE o.number = ANY($1) AND o.status IN ('NEW', 'PROCESSING')
+     ORDER BY a.user_id
+     FOR UPDATE OF a"
+}
+
+prepared_statement! {
+    /// Applies final outcomes to the orders that are not final yet: `PROCESSED` with its
+    /// accrual credited to the owner, or `INVALID`; drops their queue entries. Returns the
+    /// orders it applied to; an order already final is left as it is.
+    struct FinishOrders {
+        orders: Vec<String> => Array<Text>,
+        accruals: Vec<Option<Decimal>> => Array<Nullable<Numeric>>,
+        processed: Vec<bool> => Array<Bool>,
+    }
+    "WITH input AS (
+         SELECT * FROM unnest($1::text[], $2::numeric[], $3::bool[]) AS i(number, accrual, processed)),
+     o AS (
+         UPDATE orders
+         SET status = CASE WHEN i.processed THEN 'PROCESSED'::order_status
+                           ELSE 'INVALID'::order_status END,
+             accrual = CASE WHEN i.processed THEN i.accrual END,
+             updated_at = now()
+         FROM input i
+         WHERE orders.number = i.number AND orders.status IN ('NEW', 'PROCESSING')
+         RETURNING orders.number, orders.user_id, orders.accrual),
+     credits AS (
+         SELECT user_id, sum(accrual) AS total FROM o WHERE accrual IS NOT NULL GROUP BY user_id),
      a AS (
-         UPDATE accounts SET balance = accounts.balance + COALESCE($2, 0)
-         FROM o WHERE accounts.user_id = o.user_id),
-     d AS (DELETE FROM accrual_queue WHERE order_number = $1)
-     SELECT count(*) AS count FROM o"
+         UPDATE accounts SET balance = accounts.balance + credits.total
+         FROM credits WHERE accounts.user_id = credits.user_id),
+     d AS (DELETE FROM accrual_queue WHERE order_number IN (SELECT number FROM input))
+     SELECT number AS order_number FROM o"
 }
 
 prepared_statement! {
-    /// Marks an unfinished order `INVALID` and drops its queue entry.
-    struct MarkInvalid {
-        order: String => Text,
+    /// Ends the leases of entries and makes each due again at its time, with what was learned:
+    /// a failure counts an attempt and is kept; an unknown order counts an unknown check; an
+    /// order being computed resets that count and shows `PROCESSING`.
+    struct RescheduleMany {
+        orders: Vec<String> => Array<Text>,
+        statuses: Vec<String> => Array<Text>,
+        due_at: Vec<DateTime<Utc>> => Array<Timestamptz>,
+        failures: Vec<Option<String>> => Array<Nullable<Text>>,
     }
-    "WITH o AS (
-         UPDATE orders SET status = 'INVALID', updated_at = now()
-         WHERE number = $1 AND status IN ('NEW', 'PROCESSING')
-         RETURNING user_id),
-     d AS (DELETE FROM accrual_queue WHERE order_number = $1)
-     SELECT count(*) AS count FROM o"
-}
-
-prepared_statement! {
-    /// Shows a `NEW` order as `PROCESSING`.
-    struct MarkProcessing {
-        order: String => Text,
-    }
-    "UPDATE orders SET status = 'PROCESSING', updated_at = now()
-     WHERE number = $1 AND status = 'NEW'"
-}
-
-prepared_statement! {
-    /// Ends an entry's lease and makes it due again at `due_at`; a failure counts an attempt.
-    struct Reschedule {
-        order: String => Text,
-        status: DbQueueStatus => QueueStatus,
-        due_at: DateTime<Utc> => Timestamptz,
-        failed: i32 => Int4,
-        failure: Option<String> => Nullable<Text>,
-    }
-    "UPDATE accrual_queue
-     SET status = $2, next_attempt_at = $3, locked_until = NULL,
-         attempts = attempts + $4, last_error = $5, updated_at = now()
-     WHERE order_number = $1"
+    "WITH input AS (
+         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
+             AS i(number, status, due_at, failure)),
+     shown AS (
+         UPDATE orders SET status = 'PROCESSING', updated_at = now()
+         FROM input i
+         WHERE orders.number = i.number AND i.status = 'PROCESSING' AND orders.status = 'NEW')
+     UPDATE accrual_queue q
+     SET status = i.status::queue_status, next_attempt_at = i.due_at, locked_until = NULL,
+         attempts = q.attempts + CASE WHEN i.failure IS NULL THEN 0 ELSE 1 END,
+         unknown_checks = CASE i.status
+             WHEN 'NOT_REGISTERED' THEN q.unknown_checks + 1
+             WHEN 'PROCESSING' THEN 0
+             ELSE q.unknown_checks END,
+         last_error = i.failure, updated_at = now()
+     FROM input i
+     WHERE q.order_number = i.number"
 }
 
 prepared_statement! {
@@ -118,6 +188,16 @@ prepared_statement! {
      FROM accrual_queue"
 }
 
+prepared_statement! {
+    /// How long the longest-waiting claimable entry has been due, in milliseconds.
+    struct OldestDueAge {
+        now: DateTime<Utc> => Timestamptz,
+    }
+    "SELECT COALESCE((extract(epoch FROM $1 - min(next_attempt_at)) * 1000)::bigint, 0) AS age_ms
+     FROM accrual_queue
+     WHERE next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until <= $1)"
+}
+
 #[derive(QueryableByName)]
 struct NextDue {
     #[diesel(sql_type = Nullable<Timestamptz>)]
@@ -130,12 +210,20 @@ struct Claimed {
     order_number: String,
     #[diesel(sql_type = Int4)]
     attempts: i32,
+    #[diesel(sql_type = Int4)]
+    unknown_checks: i32,
 }
 
 #[derive(QueryableByName)]
-struct Count {
+struct Applied {
+    #[diesel(sql_type = Text)]
+    order_number: String,
+}
+
+#[derive(QueryableByName)]
+struct Age {
     #[diesel(sql_type = Int8)]
-    count: i64,
+    age_ms: i64,
 }
 
 /// Queue entries per state, for monitoring.
@@ -148,6 +236,8 @@ pub struct QueueDepth {
     pub failing: i64,
     /// Entries under a live lease, whatever their state.
     pub in_flight: i64,
+    /// How long the longest-waiting claimable entry has been due (0 when none is).
+    pub oldest_due: Duration,
 }
 
 impl PgStore {
@@ -169,8 +259,13 @@ impl PgStore {
             .get_result(&mut conn)
             .await
             .map_err(from_diesel)?;
+        let age: Age = OldestDueAge { now }
+            .get_result(&mut conn)
+            .await
+            .map_err(from_diesel)?;
         let mut depth = QueueDepth {
             in_flight,
+            oldest_due: Duration::from_millis(u64::try_from(age.age_ms).unwrap_or(0)),
             ..QueueDepth::default()
         };
         for (status, count) in rows {
@@ -193,18 +288,33 @@ impl AccrualQueue for PgStore {
         limit: u32,
         now: DateTime<Utc>,
         lease: Duration,
+        order: ClaimOrder,
     ) -> Result<Vec<QueueEntry>, RepositoryError> {
         let lease_until = now
             + chrono::Duration::from_std(lease)
                 .map_err(|e| corrupt(format!("lease {lease:?}: {e}")))?;
+        let limit = i64::from(limit);
         let mut conn = self.conn().await?;
-        let claimed: Vec<Claimed> = Claim {
-            limit: i64::from(limit),
-            now,
-            lease_until,
+        let claimed: Vec<Claimed> = match order {
+            ClaimOrder::DueFirst => {
+                ClaimDueFirst {
+                    limit,
+                    now,
+                    lease_until,
+                }
+                .load(&mut conn)
+                .await
+            }
+            ClaimOrder::FairShares => {
+                ClaimFairShares {
+                    limit,
+                    now,
+                    lease_until,
+                }
+                .load(&mut conn)
+                .await
+            }
         }
-        .load(&mut conn)
-        .await
         .map_err(from_diesel)?;
         // An entry whose stored number cannot be read is left leased and reported, so that it
         // cannot stop the rest of the batch; the schema's checks make this a corrupted row.
@@ -214,6 +324,7 @@ impl AccrualQueue for PgStore {
                 Ok(order) => Some(QueueEntry {
                     order,
                     attempts: u32::try_from(c.attempts).unwrap_or(0),
+                    unknown_checks: u32::try_from(c.unknown_checks).unwrap_or(0),
                 }),
                 Err(error) => {
                     tracing::error!(order = %c.order_number, %error, "unreadable queue entry skipped");
@@ -228,23 +339,51 @@ impl AccrualQueue for PgStore {
         order: &OrderNumber,
         outcome: FinalOutcome,
     ) -> Result<bool, RepositoryError> {
-        let mut conn = self.conn().await?;
-        let applied: Count = match outcome {
-            FinalOutcome::Processed(accrual) => CreditProcessed {
-                order: order.as_str().to_owned(),
-                accrual: accrual.map(Money::amount),
-            }
-            .get_result(&mut conn)
-            .await
-            .map_err(from_diesel)?,
-            FinalOutcome::Invalid => MarkInvalid {
-                order: order.as_str().to_owned(),
-            }
-            .get_result(&mut conn)
-            .await
-            .map_err(from_diesel)?,
+        let applied = self.finish_many(&[(order.clone(), outcome)]).await?;
+        Ok(applied.into_iter().next().unwrap_or(false))
+    }
+
+    async fn finish_many(
+        &self,
+        outcomes: &[(OrderNumber, FinalOutcome)],
+    ) -> Result<Vec<bool>, RepositoryError> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let orders: Vec<String> = outcomes
+            .iter()
+            .map(|(order, _)| order.as_str().to_owned())
+            .collect();
+        let finish = FinishOrders {
+            orders: orders.clone(),
+            accruals: outcomes
+                .iter()
+                .map(|(_, outcome)| match outcome {
+                    FinalOutcome::Processed(accrual) => accrual.map(Money::amount),
+                    FinalOutcome::Invalid => None,
+                })
+                .collect(),
+            processed: outcomes
+                .iter()
+                .map(|(_, outcome)| matches!(outcome, FinalOutcome::Processed(_)))
+                .collect(),
         };
-        Ok(applied.count > 0)
+        let mut conn = self.conn().await?;
+        let applied: Vec<Applied> = if outcomes.len() == 1 {
+            // One order credits one account: nothing to order the locks of.
+            finish.load(&mut conn).await
+        } else {
+            conn.transaction(async |conn| {
+                LockAccountsToCredit { orders }.execute(conn).await?;
+                finish.load(conn).await
+            })
+            .await
+        }
+        .map_err(from_diesel)?;
+        Ok(outcomes
+            .iter()
+            .map(|(order, _)| applied.iter().any(|a| a.order_number == order.as_str()))
+            .collect())
     }
 
     async fn retry_later(
@@ -253,31 +392,38 @@ impl AccrualQueue for PgStore {
         due_at: DateTime<Utc>,
         reason: RetryReason,
     ) -> Result<(), RepositoryError> {
-        let mut conn = self.conn().await?;
-        let (status, failure) = match reason {
-            RetryReason::StillProcessing => (DbQueueStatus::Processing, None),
-            RetryReason::NotRegistered => (DbQueueStatus::NotRegistered, None),
-            RetryReason::RateLimited => (DbQueueStatus::RateLimited, None),
-            RetryReason::Failed(error) => (DbQueueStatus::Failing, Some(error)),
-        };
-        if status == DbQueueStatus::Processing {
-            MarkProcessing {
-                order: order.as_str().to_owned(),
-            }
-            .execute(&mut conn)
-            .await
-            .map_err(from_diesel)?;
-        }
-        Reschedule {
-            order: order.as_str().to_owned(),
-            status,
+        self.retry_many(&[Retry {
+            order: order.clone(),
             due_at,
-            failed: i32::from(failure.is_some()),
-            failure,
-        }
-        .execute(&mut conn)
+            reason,
+        }])
         .await
-        .map_err(from_diesel)?;
+    }
+
+    async fn retry_many(&self, retries: &[Retry]) -> Result<(), RepositoryError> {
+        if retries.is_empty() {
+            return Ok(());
+        }
+        let mut statement = RescheduleMany {
+            orders: Vec::with_capacity(retries.len()),
+            statuses: Vec::with_capacity(retries.len()),
+            due_at: Vec::with_capacity(retries.len()),
+            failures: Vec::with_capacity(retries.len()),
+        };
+        for retry in retries {
+            let (status, failure) = match &retry.reason {
+                RetryReason::StillProcessing => ("PROCESSING", None),
+                RetryReason::NotRegistered => ("NOT_REGISTERED", None),
+                RetryReason::RateLimited => ("RATE_LIMITED", None),
+                RetryReason::Failed(error) => ("FAILING", Some(error.clone())),
+            };
+            statement.orders.push(retry.order.as_str().to_owned());
+            statement.statuses.push(status.to_owned());
+            statement.due_at.push(retry.due_at);
+            statement.failures.push(failure);
+        }
+        let mut conn = self.conn().await?;
+        statement.execute(&mut conn).await.map_err(from_diesel)?;
         Ok(())
     }
 

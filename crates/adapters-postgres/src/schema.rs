@@ -65,6 +65,8 @@ diesel::table! {
         locked_until -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
         updated_at -> Timestamptz,
+        user_id -> Nullable<Int8>,
+        unknown_checks -> Int4,
     }
 }
 

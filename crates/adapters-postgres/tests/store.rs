@@ -6,7 +6,7 @@ use adapters_postgres::{testing::TestDatabase, PgStore};
 use application::ports::{
     ledger::{LedgerRepository, WithdrawOutcome},
     orders::{InsertOrderOutcome, OrderRepository},
-    queue::{AccrualQueue, FinalOutcome, RetryReason},
+    queue::{AccrualQueue, ClaimOrder, FinalOutcome, RetryReason},
     security::PasswordHash,
     users::{CreateUserError, UserRepository},
 };
@@ -142,7 +142,12 @@ async fn concurrent_uploads_of_one_number_store_it_once() {
         .count();
     assert_eq!((inserted, refused), (1, users.len() - 1));
     let claimed = store
-        .claim(10, Utc::now(), Duration::from_secs(30))
+        .claim(
+            10,
+            Utc::now(),
+            Duration::from_secs(30),
+            ClaimOrder::DueFirst,
+        )
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1, "exactly one queue entry");
@@ -351,7 +356,12 @@ async fn a_final_outcome_applies_exactly_once() {
     assert_eq!(listed[0].status, OrderStatus::Processed);
     assert_eq!(listed[0].accrual.map(Money::amount), Some(dec!(729.98)));
     assert!(store
-        .claim(10, Utc::now(), Duration::from_secs(30))
+        .claim(
+            10,
+            Utc::now(),
+            Duration::from_secs(30),
+            ClaimOrder::DueFirst
+        )
         .await
         .expect("claim")
         .is_empty());
@@ -380,7 +390,12 @@ async fn an_invalid_order_earns_nothing_and_leaves_the_queue() {
         Money::ZERO
     );
     assert!(store
-        .claim(10, Utc::now(), Duration::from_secs(30))
+        .claim(
+            10,
+            Utc::now(),
+            Duration::from_secs(30),
+            ClaimOrder::DueFirst
+        )
         .await
         .expect("claim")
         .is_empty());
@@ -396,11 +411,11 @@ async fn claimed_entries_are_leased_and_come_back_when_the_lease_ends() {
     store.insert(alice, &number(2), now).await.expect("insert");
 
     let first = store
-        .claim(10, now, Duration::from_secs(30))
+        .claim(10, now, Duration::from_secs(30), ClaimOrder::DueFirst)
         .await
         .expect("claim");
     let while_leased = store
-        .claim(10, now, Duration::from_secs(30))
+        .claim(10, now, Duration::from_secs(30), ClaimOrder::DueFirst)
         .await
         .expect("claim");
     let after_lease = store
@@ -408,6 +423,7 @@ async fn claimed_entries_are_leased_and_come_back_when_the_lease_ends() {
             10,
             now + chrono::Duration::seconds(31),
             Duration::from_secs(30),
+            ClaimOrder::DueFirst,
         )
         .await
         .expect("claim");
@@ -426,7 +442,7 @@ async fn retries_are_scheduled_and_only_failures_count_as_attempts() {
     let order = number(5);
     store.insert(alice, &order, now).await.expect("insert");
     store
-        .claim(1, now, Duration::from_secs(30))
+        .claim(1, now, Duration::from_secs(30), ClaimOrder::DueFirst)
         .await
         .expect("claim");
 
@@ -443,6 +459,7 @@ async fn retries_are_scheduled_and_only_failures_count_as_attempts() {
             1,
             now + chrono::Duration::seconds(4),
             Duration::from_secs(30),
+            ClaimOrder::DueFirst,
         )
         .await
         .expect("claim");
@@ -451,6 +468,7 @@ async fn retries_are_scheduled_and_only_failures_count_as_attempts() {
             1,
             now + chrono::Duration::seconds(5),
             Duration::from_secs(30),
+            ClaimOrder::DueFirst,
         )
         .await
         .expect("claim");
@@ -475,6 +493,7 @@ async fn retries_are_scheduled_and_only_failures_count_as_attempts() {
             1,
             now + chrono::Duration::seconds(6),
             Duration::from_secs(30),
+            ClaimOrder::DueFirst,
         )
         .await
         .expect("claim");
@@ -495,7 +514,8 @@ async fn retries_are_scheduled_and_only_failures_count_as_attempts() {
             .claim(
                 1,
                 now + chrono::Duration::seconds(6),
-                Duration::from_secs(30)
+                Duration::from_secs(30),
+                ClaimOrder::DueFirst
             )
             .await
             .expect("claim")
@@ -524,7 +544,7 @@ async fn concurrent_claimers_never_share_an_entry() {
                 let mut mine = Vec::new();
                 loop {
                     let batch = store
-                        .claim(7, now, Duration::from_secs(60))
+                        .claim(7, now, Duration::from_secs(60), ClaimOrder::DueFirst)
                         .await
                         .expect("claim");
                     if batch.is_empty() {
@@ -652,6 +672,7 @@ async fn an_unreadable_queue_entry_does_not_stop_the_others() {
             10,
             now + chrono::Duration::seconds(1),
             Duration::from_secs(30),
+            ClaimOrder::DueFirst,
         )
         .await
         .expect("claim");

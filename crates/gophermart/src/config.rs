@@ -111,6 +111,16 @@ pub struct Config {
     #[arg(long, env = "ACCRUAL_RECHECK_DELAY_MS", default_value_t = 500)]
     pub accrual_recheck_delay_ms: u64,
 
+    /// Longest delay before asking again about an order the accrual system does not know yet
+    /// (204), in milliseconds: the delay doubles from the recheck delay with each such answer
+    /// in a row, up to this; such an order is never given up.
+    #[arg(
+        long,
+        env = "ACCRUAL_UNKNOWN_RECHECK_CAP_MS",
+        default_value_t = 600_000
+    )]
+    pub accrual_unknown_recheck_cap_ms: u64,
+
     /// Longest delay between retries after failures (backoff cap), in milliseconds.
     #[arg(long, env = "ACCRUAL_BACKOFF_CAP_MS", default_value_t = 60_000)]
     pub accrual_backoff_cap_ms: u64,

@@ -11,12 +11,14 @@ use actix_web::dev::{Server, ServerHandle};
 use adapters_accrual::{normalize_base_url, AccrualClientConfig, HttpAccrualClient};
 use adapters_crypto::{BcryptHasher, JwtTokens};
 use adapters_http::{http_server, AppState, Metrics, Operations, ServerConfig};
-use adapters_postgres::{listen_for_queued_orders, run_migrations, PgPoolConfig, PgStore};
+use adapters_postgres::{
+    listen_for_queued_orders, run_migrations, PgClusterGate, PgPoolConfig, PgStore,
+};
 use anyhow::Context;
 use application::{
     ports::clock::SystemClock,
     use_cases::{LoginThrottle, ThrottleConfig},
-    worker::{AccrualWorker, WorkerConfig},
+    worker::{AccrualWorker, RateGate, WorkerConfig},
 };
 use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
@@ -110,18 +112,26 @@ impl Application {
 
         let base_url =
             normalize_base_url(&config.accrual_system_address).context("ACCRUAL_SYSTEM_ADDRESS")?;
+        let gate_name = base_url.as_str().to_owned();
         let mut client_config = AccrualClientConfig::new(base_url);
         client_config.request_timeout = Duration::from_millis(config.accrual_request_timeout_ms);
+        // One gate per accrual system, shared by every instance on this database.
+        let gate = Arc::new(RateGate::shared(Arc::new(PgClusterGate::new(
+            store.clone(),
+            gate_name,
+        ))));
         let client =
             HttpAccrualClient::new(client_config).context("building the accrual client")?;
-        let worker = AccrualWorker::new(
+        let worker = AccrualWorker::with_gate(
             Arc::new(store.clone()),
             Arc::new(client),
             clock,
+            gate,
             WorkerConfig {
                 concurrency: config.accrual_concurrency,
                 poll_interval: Duration::from_millis(config.accrual_poll_interval_ms),
                 recheck_delay: Duration::from_millis(config.accrual_recheck_delay_ms),
+                unknown_recheck_cap: Duration::from_millis(config.accrual_unknown_recheck_cap_ms),
                 backoff_cap: Duration::from_millis(config.accrual_backoff_cap_ms),
                 lease: Duration::from_millis(config.accrual_lease_ms),
                 ..WorkerConfig::default()

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use prometheus::{
     core::{Collector, Desc, Describer},
     proto::MetricFamily,
-    Counter, CounterVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    Counter, CounterVec, Gauge, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Longest wait for the database when answering `/readyz` or `/metrics`: well under the
@@ -34,6 +34,8 @@ pub struct PgServiceStatus {
     queue_read_errors: IntCounter,
     gate: Arc<RateGate>,
     paused: IntGauge,
+    paced: IntGauge,
+    oldest_due: Gauge,
 }
 
 impl std::fmt::Debug for PgServiceStatus {
@@ -100,7 +102,18 @@ impl PgServiceStatus {
             )?,
             paused: gauge(
                 "accrual_paused",
-                "1 while requests to the accrual system are paused after a 429, 0 otherwise.",
+                "1 while requests to the accrual system are paused after a 429 (seen by any instance), 0 otherwise.",
+            )?,
+            paced: gauge(
+                "accrual_paced",
+                "1 while requests to the accrual system take turns under its advertised limit (shared by every instance), 0 otherwise.",
+            )?,
+            oldest_due: registered(
+                registry,
+                Gauge::new(
+                    "accrual_oldest_due_seconds",
+                    "How long the longest-waiting claimable queue entry has been due (all instances); 0 when none is.",
+                )?,
             )?,
             store,
             clock,
@@ -145,6 +158,7 @@ impl PgServiceStatus {
                     self.queue.with_label_values(&[state]).set(count);
                 }
                 self.queue_leased.set(depth.in_flight);
+                self.oldest_due.set(depth.oldest_due.as_secs_f64());
             }
             Ok(Err(error)) => self.queue_unknown(&error.to_string()),
             Err(_) => self.queue_unknown("no answer in time"),
@@ -178,7 +192,9 @@ impl ServiceStatus for PgServiceStatus {
 
     async fn refresh_metrics(&self) {
         self.refresh_pool();
+        self.gate.sync().await;
         self.paused.set(i64::from(self.gate.is_paused()));
+        self.paced.set(i64::from(self.gate.is_paced()));
         self.refresh_queue().await;
     }
 }
@@ -204,6 +220,7 @@ struct WorkerCollector {
     orders_credited: Opts,
     points_credited: Opts,
     paused_seconds: Opts,
+    cluster_rate_limited: Opts,
     descs: Vec<Desc>,
 }
 
@@ -223,13 +240,18 @@ impl WorkerCollector {
         );
         let paused_seconds = Opts::new(
             "accrual_paused_seconds_total",
-            "Time requests to the accrual system were paused by its 429 answers.",
+            "Time requests to the accrual system were paused by its 429 answers: the whole cluster's with a shared gate.",
+        );
+        let cluster_rate_limited = Opts::new(
+            "accrual_cluster_rate_limited_total",
+            "429 answers of the accrual system recorded by every instance sharing the gate.",
         );
         let descs = [
             answers.clone().variable_label("kind"),
             orders_credited.clone(),
             points_credited.clone(),
             paused_seconds.clone(),
+            cluster_rate_limited.clone(),
         ]
         .iter()
         .map(Describer::describe)
@@ -241,6 +263,7 @@ impl WorkerCollector {
             orders_credited,
             points_credited,
             paused_seconds,
+            cluster_rate_limited,
             descs,
         })
     }
@@ -272,6 +295,9 @@ impl WorkerCollector {
             &self.paused_seconds,
             self.gate.paused_total().as_secs_f64(),
         )?);
+        // Counts below 2^53 are exact in an f64.
+        let cluster_429s = self.gate.cluster_rate_limited().unwrap_or(0) as f64;
+        families.extend(counter(&self.cluster_rate_limited, cluster_429s)?);
         Ok(families)
     }
 }

@@ -14,6 +14,29 @@ pub struct QueueEntry {
     pub order: OrderNumber,
     /// Failed attempts so far (rate limits and "not yet" answers do not count).
     pub attempts: u32,
+    /// Answers in a row that the accrual system does not know the order (204).
+    pub unknown_checks: u32,
+}
+
+/// The order in which due entries are claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOrder {
+    /// Earliest due first: the cheapest claim, for when requests are plentiful.
+    DueFirst,
+    /// Customers in turn: the earliest due entry of each customer that has due entries, the
+    /// customer served least recently first, then each one's second entry, and so on. A
+    /// customer's backlog, however large, delays another customer's order by one entry per
+    /// round. For when requests are scarce.
+    FairShares,
+}
+
+/// A claimed entry going back to the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub order: OrderNumber,
+    /// When it is due again.
+    pub due_at: DateTime<Utc>,
+    pub reason: RetryReason,
 }
 
 /// The final word on an order.
@@ -30,7 +53,7 @@ pub enum FinalOutcome {
 pub enum RetryReason {
     /// The accrual system knows the order and is computing it: the order shows `PROCESSING`.
     StillProcessing,
-    /// The accrual system does not know the order yet.
+    /// The accrual system does not know the order yet; counted, so that the delay grows.
     NotRegistered,
     /// The accrual system asked everyone to wait; not a failure.
     RateLimited,
@@ -42,8 +65,8 @@ pub enum RetryReason {
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait AccrualQueue: Send + Sync {
-    /// Claims up to `limit` entries due at `now` that no live lease holds, leasing them for
-    /// `lease`, so that other workers and instances skip them.
+    /// Claims up to `limit` entries due at `now` that no live lease holds, in `order`, leasing
+    /// them for `lease`, so that other workers and instances skip them.
     ///
     /// # Errors
     /// [`RepositoryError`] on a storage failure.
@@ -52,6 +75,7 @@ pub trait AccrualQueue: Send + Sync {
         limit: u32,
         now: DateTime<Utc>,
         lease: Duration,
+        order: ClaimOrder,
     ) -> Result<Vec<QueueEntry>, RepositoryError>;
 
     /// Applies a final outcome in one transaction: the order's status and accrual, the credit
@@ -65,6 +89,22 @@ pub trait AccrualQueue: Send + Sync {
         order: &OrderNumber,
         outcome: FinalOutcome,
     ) -> Result<bool, RepositoryError>;
+
+    /// [`AccrualQueue::finish`] for many orders at once, each exactly as if alone; returns, for
+    /// each in turn, whether it was applied.
+    ///
+    /// # Errors
+    /// [`RepositoryError`] on a storage failure; nothing is applied then.
+    async fn finish_many(
+        &self,
+        outcomes: &[(OrderNumber, FinalOutcome)],
+    ) -> Result<Vec<bool>, RepositoryError>;
+
+    /// [`AccrualQueue::retry_later`] for many entries at once.
+    ///
+    /// # Errors
+    /// [`RepositoryError`] on a storage failure; nothing is applied then.
+    async fn retry_many(&self, retries: &[Retry]) -> Result<(), RepositoryError>;
 
     /// Puts a claimed entry back, due at `due_at`, and releases its lease.
     ///

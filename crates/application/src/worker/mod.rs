@@ -4,6 +4,7 @@
 //! Exactly-once crediting rests on the store (a final outcome applies only from a non-final
 //! status, in one transaction); this module decides what to ask, when, and how fast.
 
+mod apply;
 mod gate;
 mod stats;
 
@@ -14,14 +15,15 @@ use rand::Rng;
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-pub use gate::RateGate;
+pub use gate::{interval_for, RateGate, PACE_LAPSES_AFTER, SYNC_INTERVAL};
 pub use stats::{AnswerKind, WorkerStats};
 
 use crate::ports::{
     accrual::{AccrualAnswer, AccrualClient},
     clock::Clock,
-    queue::{AccrualQueue, FinalOutcome, QueueEntry, RetryReason},
+    queue::{AccrualQueue, ClaimOrder, FinalOutcome, QueueEntry, Retry, RetryReason},
 };
+use apply::{apply_outcomes, Applier, Outcome};
 use domain::AccrualStatus;
 
 /// How the worker paces itself.
@@ -31,8 +33,12 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Longest sleep when nothing wakes the worker.
     pub poll_interval: Duration,
-    /// Delay before asking again about an order being computed or not registered yet.
+    /// Delay before asking again about an order being computed, and the first delay for an
+    /// order the accrual system does not know yet.
     pub recheck_delay: Duration,
+    /// Longest delay for an order the accrual system does not know yet: the delay doubles
+    /// from `recheck_delay` with each such answer in a row, up to this.
+    pub unknown_recheck_cap: Duration,
     /// First delay after a failure; doubles with each failed attempt.
     pub backoff_base: Duration,
     /// Longest delay after failures.
@@ -47,6 +53,7 @@ impl Default for WorkerConfig {
             concurrency: 8,
             poll_interval: Duration::from_secs(1),
             recheck_delay: Duration::from_millis(500),
+            unknown_recheck_cap: Duration::from_secs(600),
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
             lease: Duration::from_secs(30),
@@ -58,12 +65,21 @@ impl Default for WorkerConfig {
 /// with "equal jitter" (between half and all of it) so that many failing entries spread out.
 #[must_use]
 pub fn backoff(config: &WorkerConfig, attempts: u32, jitter: f64) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(30);
-    let full = config
-        .backoff_base
-        .saturating_mul(1u32 << exponent)
-        .min(config.backoff_cap);
-    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    doubling(config.backoff_base, attempts, config.backoff_cap)
+        .mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// The delay before asking again about an order the accrual system has now answered `checks`
+/// times in a row that it does not know: `recheck_delay · 2^(checks-1)`, at most
+/// `unknown_recheck_cap`. Never given up: a shop may register an order late.
+#[must_use]
+pub fn unknown_recheck(config: &WorkerConfig, checks: u32) -> Duration {
+    doubling(config.recheck_delay, checks, config.unknown_recheck_cap)
+}
+
+fn doubling(base: Duration, times: u32, cap: Duration) -> Duration {
+    let exponent = times.saturating_sub(1).min(30);
+    base.saturating_mul(1u32 << exponent).min(cap)
 }
 
 /// The worker's collaborators.
@@ -90,7 +106,7 @@ fn after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
 }
 
 impl AccrualWorker {
-    /// A worker over its ports.
+    /// A worker over its ports, with a gate of its own process.
     #[must_use]
     pub fn new(
         queue: Arc<dyn AccrualQueue>,
@@ -98,11 +114,24 @@ impl AccrualWorker {
         clock: Arc<dyn Clock>,
         config: WorkerConfig,
     ) -> Self {
+        Self::with_gate(queue, client, clock, Arc::new(RateGate::new()), config)
+    }
+
+    /// A worker over its ports that passes `gate` (shared with other instances, see
+    /// [`RateGate::shared`]).
+    #[must_use]
+    pub fn with_gate(
+        queue: Arc<dyn AccrualQueue>,
+        client: Arc<dyn AccrualClient>,
+        clock: Arc<dyn Clock>,
+        gate: Arc<RateGate>,
+        config: WorkerConfig,
+    ) -> Self {
         Self {
             queue,
             client,
             clock,
-            gate: Arc::new(RateGate::new()),
+            gate,
             stats: Arc::new(WorkerStats::default()),
             config,
         }
@@ -124,7 +153,14 @@ impl AccrualWorker {
     /// sleeps until `wake` is notified (an order was queued), the poll interval passes, or the
     /// next entry is due. On stop it claims nothing more, lets requests in flight finish, and
     /// releases entries that have not been asked about.
+    ///
+    /// While requests are plentiful (no limit known) it claims as many entries as it has free
+    /// request slots, earliest due first, and answers are applied in batches. While they are
+    /// scarce (a limit is known), it claims one entry at a time, customers in turn
+    /// ([`ClaimOrder::FairShares`]), and only once that entry has its slot does it claim the
+    /// next, so that no entry waits at the gate ahead of another customer's.
     pub async fn run(self, wake: Arc<Notify>, stop: CancellationToken) {
+        let (applier, applying) = Applier::start(self.queue.clone(), self.stats.clone());
         let mut in_flight: JoinSet<()> = JoinSet::new();
         let concurrency = self.config.concurrency.max(1);
         loop {
@@ -132,62 +168,80 @@ impl AccrualWorker {
             if stop.is_cancelled() {
                 break;
             }
+            self.gate.sync().await;
             let free = concurrency.saturating_sub(in_flight.len());
-            if free > 0 {
-                // Claim nothing while the gate is closed: a claimed entry would only wait with
-                // its lease running.
-                if let Some(opens) = self.gate.ready_at() {
-                    tokio::select! {
-                        () = stop.cancelled() => {}
-                        () = tokio::time::sleep_until(opens) => {}
-                    }
-                    continue;
-                }
-            }
-            let paced = self.gate.is_paced();
-            let mut claimed = 0;
-            if free > 0 {
-                // Under a pace, one request per slot: claim one entry at a time.
-                let batch = if paced { 1 } else { free };
-                match self
-                    .queue
-                    .claim(
-                        u32::try_from(batch).unwrap_or(u32::MAX),
-                        self.clock.now(),
-                        self.config.lease,
-                    )
-                    .await
-                {
-                    Ok(entries) => {
-                        claimed = entries.len();
-                        for entry in entries {
-                            let worker = self.clone();
-                            let stop = stop.clone();
-                            in_flight.spawn(async move { worker.handle(entry, stop).await });
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error, "could not claim queued orders");
-                    }
-                }
-            }
-            if claimed > 0 && (paced || claimed == free) {
-                // There may be more due work: go round for the next slot, or as soon as a
-                // request finishes when all are in flight.
-                if !paced {
-                    tokio::select! {
-                        () = stop.cancelled() => {}
-                        _ = in_flight.join_next() => {}
-                    }
-                }
-                continue;
-            }
             if free == 0 {
                 // Every request slot is busy: nothing can be claimed before one finishes, so
                 // there is no point asking the queue when the next entry is due.
                 tokio::select! {
                     () = stop.cancelled() => {}
                     _ = in_flight.join_next() => {}
+                }
+                continue;
+            }
+            // Claim nothing while the gate is closed: a claimed entry would only wait with
+            // its lease running.
+            if let Some(opens) = self.gate.ready_at() {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep_until(opens) => {}
+                }
+                continue;
+            }
+            let paced = self.gate.is_paced();
+            let (batch, order) = if paced {
+                (1, ClaimOrder::FairShares)
+            } else {
+                (free, ClaimOrder::DueFirst)
+            };
+            let claimed = match self
+                .queue
+                .claim(
+                    u32::try_from(batch).unwrap_or(u32::MAX),
+                    self.clock.now(),
+                    self.config.lease,
+                    order,
+                )
+                .await
+            {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::warn!(error = %error, "could not claim queued orders");
+                    Vec::new()
+                }
+            };
+            let count = claimed.len();
+            for entry in claimed {
+                let worker = self.clone();
+                let stop = stop.clone();
+                let applier = applier.clone();
+                if paced {
+                    // Admitted here, before the next claim: the next entry is chosen when
+                    // there is a slot for it.
+                    if !self.admit(&entry, &stop).await {
+                        continue;
+                    }
+                    in_flight.spawn(async move {
+                        let outcome = worker.ask(&entry).await;
+                        applier.apply(entry.order, outcome).await;
+                    });
+                } else {
+                    in_flight.spawn(async move {
+                        if worker.admit(&entry, &stop).await {
+                            let outcome = worker.ask(&entry).await;
+                            applier.apply(entry.order, outcome).await;
+                        }
+                    });
+                }
+            }
+            if count > 0 && (paced || count == free) {
+                // There may be more due work: go round for the next entry, or as soon as a
+                // request finishes when all are in flight.
+                if !paced {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = in_flight.join_next() => {}
+                    }
                 }
                 continue;
             }
@@ -199,6 +253,10 @@ impl AccrualWorker {
             }
         }
         while in_flight.join_next().await.is_some() {}
+        drop(applier);
+        if let Err(error) = applying.await {
+            tracing::error!(%error, "the accrual answer writer failed");
+        }
     }
 
     /// How long to sleep when idle: until the next entry is due, at most the poll interval.
@@ -213,87 +271,86 @@ impl AccrualWorker {
         }
     }
 
-    /// Asks about one claimed entry and applies the answer. An entry that meets a closed gate
-    /// waits only if the gate opens well within its lease; otherwise it goes back to the queue,
-    /// due when the gate opens, so that no lease runs out while its holder waits.
+    /// Asks about one claimed entry and applies the answer.
     pub async fn handle(&self, entry: QueueEntry, stop: CancellationToken) {
+        if self.admit(&entry, &stop).await {
+            let outcome = self.ask(&entry).await;
+            apply_outcomes(&*self.queue, &self.stats, vec![(entry.order, outcome)]).await;
+        }
+    }
+
+    /// Waits at the gate for the entry's request slot. An entry that meets a closed gate waits
+    /// only if the gate opens well within its lease; otherwise it goes back to the queue, due
+    /// when the gate opens, so that no lease runs out while its holder waits. Returns whether
+    /// the request may be sent; on stop the entry is released.
+    async fn admit(&self, entry: &QueueEntry, stop: &CancellationToken) -> bool {
         loop {
-            let opens = match self.gate.try_acquire() {
-                Ok(()) => break,
+            let opens = match self.gate.try_admit().await {
+                Ok(()) => return true,
                 Err(opens) => opens,
             };
             let wait = opens.saturating_duration_since(tokio::time::Instant::now());
             if wait > self.config.lease / 2 {
                 let due = after(self.clock.now(), wait);
-                if let Err(error) = self
-                    .queue
-                    .retry_later(&entry.order, due, RetryReason::RateLimited)
-                    .await
-                {
+                let back = Retry {
+                    order: entry.order.clone(),
+                    due_at: due,
+                    reason: RetryReason::RateLimited,
+                };
+                if let Err(error) = self.queue.retry_many(std::slice::from_ref(&back)).await {
                     tracing::warn!(order = %entry.order, error = %error, "could not put an entry back");
                 }
-                return;
+                return false;
             }
             tokio::select! {
                 () = stop.cancelled() => {
                     if let Err(error) = self.queue.release(std::slice::from_ref(&entry.order)).await {
                         tracing::warn!(order = %entry.order, error = %error, "could not release an entry on shutdown");
                     }
-                    return;
+                    return false;
                 }
                 () = tokio::time::sleep_until(opens) => {}
             }
         }
+    }
+
+    /// Asks the accrual system about an admitted entry and decides what becomes of it.
+    async fn ask(&self, entry: &QueueEntry) -> Outcome {
         let answer = self.client.order(&entry.order).await;
         let now = self.clock.now();
-        let applied = match answer {
+        let retry = |delay: Duration, reason: RetryReason| Outcome::Retry {
+            due_at: after(now, delay),
+            reason,
+        };
+        match answer {
             Ok(AccrualAnswer::Known {
                 status: AccrualStatus::Processed,
                 accrual,
             }) => {
                 self.stats.record(AnswerKind::Processed);
-                self.queue
-                    .finish(&entry.order, FinalOutcome::Processed(accrual))
-                    .await
-                    .map(|credited| {
-                        if credited {
-                            self.stats.record_credit(accrual);
-                            tracing::info!(order = %entry.order, accrual = ?accrual.map(|a| a.to_string()), "order processed");
-                        }
-                    })
+                Outcome::Final(FinalOutcome::Processed(accrual))
             }
             Ok(AccrualAnswer::Known {
                 status: AccrualStatus::Invalid,
                 ..
             }) => {
                 self.stats.record(AnswerKind::Invalid);
-                self.queue
-                    .finish(&entry.order, FinalOutcome::Invalid)
-                    .await
-                    .map(|_| ())
+                Outcome::Final(FinalOutcome::Invalid)
             }
             Ok(AccrualAnswer::Known {
                 status: AccrualStatus::Registered | AccrualStatus::Processing,
                 ..
             }) => {
                 self.stats.record(AnswerKind::Processing);
-                self.queue
-                    .retry_later(
-                        &entry.order,
-                        after(now, self.config.recheck_delay),
-                        RetryReason::StillProcessing,
-                    )
-                    .await
+                retry(self.config.recheck_delay, RetryReason::StillProcessing)
             }
             Ok(AccrualAnswer::NotRegistered) => {
                 self.stats.record(AnswerKind::NotRegistered);
-                self.queue
-                    .retry_later(
-                        &entry.order,
-                        after(now, self.config.recheck_delay),
-                        RetryReason::NotRegistered,
-                    )
-                    .await
+                let checks = entry.unknown_checks.saturating_add(1);
+                retry(
+                    unknown_recheck(&self.config, checks),
+                    RetryReason::NotRegistered,
+                )
             }
             Ok(AccrualAnswer::RateLimited {
                 retry_after,
@@ -305,35 +362,16 @@ impl AccrualWorker {
                     per_minute,
                     "accrual system rate limit hit; pausing"
                 );
-                self.gate.pause_for(retry_after);
-                if let Some(limit) = per_minute {
-                    self.gate.pace(limit);
-                }
-                self.queue
-                    .retry_later(
-                        &entry.order,
-                        after(now, retry_after),
-                        RetryReason::RateLimited,
-                    )
-                    .await
+                self.gate.rate_limited(retry_after, per_minute).await;
+                retry(retry_after, RetryReason::RateLimited)
             }
             Err(error) => {
                 self.stats.record(AnswerKind::Failed);
                 let attempts = entry.attempts.saturating_add(1);
                 let delay = backoff(&self.config, attempts, rand::rng().random());
                 tracing::warn!(order = %entry.order, attempts, error = %error, delay_ms = delay.as_millis(), "accrual request failed; retrying later");
-                self.queue
-                    .retry_later(
-                        &entry.order,
-                        after(now, delay),
-                        RetryReason::Failed(error.to_string()),
-                    )
-                    .await
+                retry(delay, RetryReason::Failed(error.to_string()))
             }
-        };
-        if let Err(error) = applied {
-            // The lease runs out and the entry is asked about again; nothing is lost.
-            tracing::warn!(order = %entry.order, error = %error, "could not record the accrual answer");
         }
     }
 }

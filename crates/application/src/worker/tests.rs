@@ -7,7 +7,10 @@ use domain::{Money, OrderNumber};
 use mockall::predicate::eq;
 use rust_decimal_macros::dec;
 
-use super::*;
+use super::{
+    apply::{Applier, Outcome},
+    *,
+};
 use crate::ports::{
     accrual::{AccrualClientError, MockAccrualClient},
     clock::MockClock,
@@ -57,6 +60,7 @@ fn entry(attempts: u32) -> QueueEntry {
     QueueEntry {
         order: order(),
         attempts,
+        unknown_checks: 0,
     }
 }
 
@@ -65,10 +69,10 @@ async fn a_processed_answer_credits_the_order() {
     let accrual = Money::new(dec!(729.98)).expect("money");
     let mut queue = MockAccrualQueue::new();
     queue
-        .expect_finish()
-        .with(eq(order()), eq(FinalOutcome::Processed(Some(accrual))))
+        .expect_finish_many()
+        .withf(move |outcomes| outcomes == [(order(), FinalOutcome::Processed(Some(accrual)))])
         .times(1)
-        .returning(|_, _| Ok(true));
+        .returning(|_| Ok(vec![true]));
     let worker = worker(
         queue,
         client_answering(Ok(AccrualAnswer::Known {
@@ -86,7 +90,10 @@ async fn a_processed_answer_credits_the_order() {
 #[tokio::test]
 async fn a_processed_answer_for_an_order_already_final_counts_no_credit() {
     let mut queue = MockAccrualQueue::new();
-    queue.expect_finish().times(1).returning(|_, _| Ok(false));
+    queue
+        .expect_finish_many()
+        .times(1)
+        .returning(|_| Ok(vec![false]));
     let worker = worker(
         queue,
         client_answering(Ok(AccrualAnswer::Known {
@@ -105,10 +112,10 @@ async fn a_processed_answer_for_an_order_already_final_counts_no_credit() {
 async fn an_invalid_answer_marks_the_order_invalid() {
     let mut queue = MockAccrualQueue::new();
     queue
-        .expect_finish()
-        .with(eq(order()), eq(FinalOutcome::Invalid))
+        .expect_finish_many()
+        .withf(move |outcomes| outcomes == [(order(), FinalOutcome::Invalid)])
         .times(1)
-        .returning(|_, _| Ok(true));
+        .returning(|_| Ok(vec![true]));
     let worker = worker(
         queue,
         client_answering(Ok(AccrualAnswer::Known {
@@ -127,15 +134,18 @@ async fn registered_and_processing_answers_ask_again_after_the_recheck_delay() {
     for status in [AccrualStatus::Registered, AccrualStatus::Processing] {
         let mut queue = MockAccrualQueue::new();
         queue
-            .expect_retry_later()
-            .with(
-                eq(order()),
-                eq(now() + chrono::Duration::milliseconds(500)),
-                eq(RetryReason::StillProcessing),
-            )
+            .expect_retry_many()
+            .withf(|retries| {
+                retries
+                    == [Retry {
+                        order: order(),
+                        due_at: now() + chrono::Duration::milliseconds(500),
+                        reason: RetryReason::StillProcessing,
+                    }]
+            })
             .times(1)
-            .returning(|_, _, _| Ok(()));
-        queue.expect_finish().never();
+            .returning(|_| Ok(()));
+        queue.expect_finish_many().never();
         let worker = worker(
             queue,
             client_answering(Ok(AccrualAnswer::Known {
@@ -152,14 +162,17 @@ async fn registered_and_processing_answers_ask_again_after_the_recheck_delay() {
 async fn an_unregistered_order_is_asked_about_again_later() {
     let mut queue = MockAccrualQueue::new();
     queue
-        .expect_retry_later()
-        .with(
-            eq(order()),
-            eq(now() + chrono::Duration::milliseconds(500)),
-            eq(RetryReason::NotRegistered),
-        )
+        .expect_retry_many()
+        .withf(|retries| {
+            retries
+                == [Retry {
+                    order: order(),
+                    due_at: now() + chrono::Duration::milliseconds(500),
+                    reason: RetryReason::NotRegistered,
+                }]
+        })
         .times(1)
-        .returning(|_, _, _| Ok(()));
+        .returning(|_| Ok(()));
     let worker = worker(queue, client_answering(Ok(AccrualAnswer::NotRegistered)));
 
     worker.handle(entry(0), CancellationToken::new()).await;
@@ -169,14 +182,17 @@ async fn an_unregistered_order_is_asked_about_again_later() {
 async fn a_rate_limit_pauses_every_request_and_paces_the_next_ones() {
     let mut queue = MockAccrualQueue::new();
     queue
-        .expect_retry_later()
-        .with(
-            eq(order()),
-            eq(now() + chrono::Duration::seconds(7)),
-            eq(RetryReason::RateLimited),
-        )
+        .expect_retry_many()
+        .withf(|retries| {
+            retries
+                == [Retry {
+                    order: order(),
+                    due_at: now() + chrono::Duration::seconds(7),
+                    reason: RetryReason::RateLimited,
+                }]
+        })
         .times(1)
-        .returning(|_, _, _| Ok(()));
+        .returning(|_| Ok(()));
     let worker = worker(
         queue,
         client_answering(Ok(AccrualAnswer::RateLimited {
@@ -206,13 +222,16 @@ async fn a_failure_is_retried_with_backoff_and_recorded() {
     let mut queue = MockAccrualQueue::new();
     let sink = recorded.clone();
     queue
-        .expect_retry_later()
+        .expect_retry_many()
         .times(1)
-        .returning(move |_, due, reason| {
-            *sink.lock().expect("lock") = Some((due, reason));
+        .returning(move |retries| {
+            let [retry] = retries else {
+                panic!("one entry back: {retries:?}")
+            };
+            *sink.lock().expect("lock") = Some((retry.due_at, retry.reason.clone()));
             Ok(())
         });
-    queue.expect_finish().never();
+    queue.expect_finish_many().never();
     let worker = worker(
         queue,
         client_answering(Err(AccrualClientError::Server("status 500".into()))),
@@ -241,12 +260,20 @@ async fn timeouts_and_garbage_never_make_an_order_invalid() {
         AccrualClientError::Transport("refused".into()),
     ] {
         let mut queue = MockAccrualQueue::new();
-        queue.expect_finish().never();
+        queue.expect_finish_many().never();
         queue
-            .expect_retry_later()
-            .withf(|_, _, reason| matches!(reason, RetryReason::Failed(_)))
+            .expect_retry_many()
+            .withf(|retries| {
+                matches!(
+                    retries,
+                    [Retry {
+                        reason: RetryReason::Failed(_),
+                        ..
+                    }]
+                )
+            })
             .times(1)
-            .returning(|_, _, _| Ok(()));
+            .returning(|_| Ok(()));
         let worker = worker(queue, client_answering(Err(error)));
 
         worker.handle(entry(0), CancellationToken::new()).await;
@@ -272,14 +299,17 @@ fn backoff_doubles_per_attempt_up_to_the_cap() {
 async fn an_entry_meeting_a_long_pause_goes_back_to_the_queue_unasked() {
     let mut queue = MockAccrualQueue::new();
     queue
-        .expect_retry_later()
-        .with(
-            eq(order()),
-            eq(now() + chrono::Duration::seconds(3600)),
-            eq(RetryReason::RateLimited),
-        )
+        .expect_retry_many()
+        .withf(|retries| {
+            retries
+                == [Retry {
+                    order: order(),
+                    due_at: now() + chrono::Duration::seconds(3600),
+                    reason: RetryReason::RateLimited,
+                }]
+        })
         .times(1)
-        .returning(|_, _, _| Ok(()));
+        .returning(|_| Ok(()));
     let mut client = MockAccrualClient::new();
     client.expect_order().never();
     let worker = worker(queue, Arc::new(client));
@@ -309,7 +339,10 @@ async fn an_entry_waiting_briefly_at_the_gate_is_released_on_shutdown() {
 #[tokio::test(start_paused = true)]
 async fn an_entry_meeting_a_short_pause_waits_for_it_and_is_asked() {
     let mut queue = MockAccrualQueue::new();
-    queue.expect_finish().times(1).returning(|_, _| Ok(true));
+    queue
+        .expect_finish_many()
+        .times(1)
+        .returning(|_| Ok(vec![true]));
     let worker = worker(
         queue,
         client_answering(Ok(AccrualAnswer::Known {
@@ -330,7 +363,7 @@ async fn the_run_loop_works_through_claimed_entries_and_stops_cleanly() {
     let mut queue = MockAccrualQueue::new();
     let claims = Arc::new(Mutex::new(0));
     let counter = claims.clone();
-    queue.expect_claim().returning(move |limit, _, lease| {
+    queue.expect_claim().returning(move |limit, _, lease, _| {
         assert_eq!(lease, Duration::from_secs(30));
         let mut n = counter.lock().expect("lock");
         *n += 1;
@@ -344,9 +377,9 @@ async fn the_run_loop_works_through_claimed_entries_and_stops_cleanly() {
     queue.expect_next_due().returning(|| Ok(None));
     let finished = Arc::new(Notify::new());
     let signal = finished.clone();
-    queue.expect_finish().times(1).returning(move |_, _| {
+    queue.expect_finish_many().times(1).returning(move |_| {
         signal.notify_one();
-        Ok(true)
+        Ok(vec![true])
     });
     let client = client_answering(Ok(AccrualAnswer::Known {
         status: AccrualStatus::Processed,
@@ -390,7 +423,8 @@ async fn with_every_request_slot_busy_wakes_do_not_make_the_worker_poll_the_queu
     let mut queue = MockAccrualQueue::new();
     let claims = Arc::new(Mutex::new(0));
     let counter = claims.clone();
-    queue.expect_claim().returning(move |_, _, _| {
+    queue.expect_claim().returning(move |_, _, _, order| {
+        assert_eq!(order, ClaimOrder::FairShares, "under a pace");
         let mut n = counter.lock().expect("lock");
         *n += 1;
         Ok(if *n == 1 { vec![entry(0)] } else { vec![] })
@@ -403,9 +437,9 @@ async fn with_every_request_slot_busy_wakes_do_not_make_the_worker_poll_the_queu
     });
     let finished = Arc::new(Notify::new());
     let signal = finished.clone();
-    queue.expect_finish().times(1).returning(move |_, _| {
+    queue.expect_finish_many().times(1).returning(move |_| {
         signal.notify_one();
-        Ok(true)
+        Ok(vec![true])
     });
     let release = Arc::new(Notify::new());
     let worker = AccrualWorker::new(
@@ -445,4 +479,113 @@ async fn with_every_request_slot_busy_wakes_do_not_make_the_worker_poll_the_queu
         .await
         .expect("the worker stops")
         .expect("no panic");
+}
+
+#[test]
+fn unknown_orders_are_asked_again_after_a_doubling_delay_up_to_the_cap() {
+    let config = WorkerConfig {
+        recheck_delay: Duration::from_millis(500),
+        unknown_recheck_cap: Duration::from_secs(600),
+        ..WorkerConfig::default()
+    };
+
+    let delays: Vec<Duration> = (1..=13).map(|n| unknown_recheck(&config, n)).collect();
+
+    assert_eq!(
+        delays,
+        [
+            500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000,
+            600_000, 600_000
+        ]
+        .map(Duration::from_millis)
+        .to_vec()
+    );
+    assert_eq!(unknown_recheck(&config, u32::MAX), Duration::from_secs(600));
+}
+
+#[tokio::test]
+async fn an_order_unknown_for_the_fourth_time_waits_eight_times_the_recheck_delay() {
+    let mut queue = MockAccrualQueue::new();
+    queue
+        .expect_retry_many()
+        .withf(|retries| {
+            retries
+                == [Retry {
+                    order: order(),
+                    due_at: now() + chrono::Duration::seconds(4),
+                    reason: RetryReason::NotRegistered,
+                }]
+        })
+        .times(1)
+        .returning(|_| Ok(()));
+    let worker = worker(queue, client_answering(Ok(AccrualAnswer::NotRegistered)));
+    let known_unknown = QueueEntry {
+        unknown_checks: 3,
+        ..entry(0)
+    };
+
+    worker.handle(known_unknown, CancellationToken::new()).await;
+}
+
+#[tokio::test]
+async fn answers_that_arrive_together_are_written_in_one_batch() {
+    // A current-thread runtime: the writer runs only once all three are handed over.
+    let mut queue = MockAccrualQueue::new();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let seen = batches.clone();
+    queue.expect_finish_many().returning(move |outcomes| {
+        seen.lock().expect("lock").push(outcomes.len());
+        Ok(vec![true; outcomes.len()])
+    });
+    let stats = Arc::new(WorkerStats::default());
+    let (applier, writing) = Applier::start(Arc::new(queue), stats.clone());
+    let number = |n: u64| OrderNumber::parse(&domain::with_check_digit(&n.to_string())).expect("n");
+    let credit = Outcome::Final(FinalOutcome::Processed(Some(
+        Money::new(dec!(10)).expect("money"),
+    )));
+
+    tokio::join!(
+        applier.apply(number(1), credit.clone()),
+        applier.apply(number(2), credit.clone()),
+        applier.apply(number(3), credit.clone()),
+    );
+    drop(applier);
+    writing.await.expect("the writer ends");
+
+    assert_eq!(*batches.lock().expect("lock"), vec![3]);
+    assert_eq!(stats.orders_credited(), 3);
+    assert_eq!(
+        stats.points_credited(),
+        Money::new(dec!(30)).expect("money")
+    );
+}
+
+#[tokio::test]
+async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_free_slots_earliest_due_first() {
+    let mut queue = MockAccrualQueue::new();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    queue.expect_claim().returning(move |limit, _, _, order| {
+        seen.lock().expect("lock").push((limit, order));
+        Ok(vec![])
+    });
+    queue.expect_next_due().returning(|| Ok(None));
+    let worker = AccrualWorker::new(
+        Arc::new(queue),
+        Arc::new(MockAccrualClient::new()),
+        clock(),
+        WorkerConfig {
+            concurrency: 6,
+            ..config()
+        },
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(Arc::new(Notify::new()), stop.clone()));
+    while asked.lock().expect("lock").is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    running.await.expect("no panic");
+
+    assert_eq!(asked.lock().expect("lock")[0], (6, ClaimOrder::DueFirst));
 }

@@ -1,0 +1,120 @@
+//! Applies the accrual system's answers to the queue, many at once.
+//!
+//! Answers that arrive while the previous batch is being written are written together: one
+//! statement for all the final outcomes and one for all the entries going back, however many
+//! requests finished meanwhile. Nothing waits to fill a batch, so a lone answer is written at
+//! once. Each order is still applied exactly as if alone (the store guards every final
+//! outcome by the order's status).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use domain::OrderNumber;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+use super::stats::WorkerStats;
+use crate::ports::queue::{AccrualQueue, FinalOutcome, Retry, RetryReason};
+
+/// The most answers written by one batch.
+pub(super) const MAX_BATCH: usize = 512;
+
+/// What becomes of an entry once the accrual system has answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Final(FinalOutcome),
+    Retry {
+        due_at: DateTime<Utc>,
+        reason: RetryReason,
+    },
+}
+
+type Job = (OrderNumber, Outcome, oneshot::Sender<()>);
+
+/// Hands answers to the writer task; cheap to clone.
+#[derive(Debug, Clone)]
+pub(super) struct Applier {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Applier {
+    /// Starts the writer; it ends once every [`Applier`] is dropped and the last batch is
+    /// written.
+    pub(super) fn start(
+        queue: Arc<dyn AccrualQueue>,
+        stats: Arc<WorkerStats>,
+    ) -> (Self, JoinHandle<()>) {
+        let (jobs, mut incoming) = mpsc::unbounded_channel::<Job>();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let mut replies = Vec::with_capacity(batch.len());
+                let outcomes = batch
+                    .drain(..)
+                    .map(|(order, outcome, reply)| {
+                        replies.push(reply);
+                        (order, outcome)
+                    })
+                    .collect();
+                apply_outcomes(&*queue, &stats, outcomes).await;
+                for reply in replies {
+                    let _ = reply.send(());
+                }
+            }
+        });
+        (Self { jobs }, task)
+    }
+
+    /// Writes one answer with the others that come meanwhile, and returns once it is written
+    /// (or could not be: the entry's lease then runs out and it is asked about again).
+    pub(super) async fn apply(&self, order: OrderNumber, outcome: Outcome) {
+        let (reply, written) = oneshot::channel();
+        if self.jobs.send((order, outcome, reply)).is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+/// Writes a batch of answers: the final outcomes in one call, the entries going back in
+/// another. A failed write loses nothing: the entries' leases run out and they are asked about
+/// again, and a final outcome never applies twice.
+pub(super) async fn apply_outcomes(
+    queue: &dyn AccrualQueue,
+    stats: &WorkerStats,
+    outcomes: Vec<(OrderNumber, Outcome)>,
+) {
+    let mut finals = Vec::new();
+    let mut retries = Vec::new();
+    for (order, outcome) in outcomes {
+        match outcome {
+            Outcome::Final(outcome) => finals.push((order, outcome)),
+            Outcome::Retry { due_at, reason } => retries.push(Retry {
+                order,
+                due_at,
+                reason,
+            }),
+        }
+    }
+    if !finals.is_empty() {
+        match queue.finish_many(&finals).await {
+            Ok(applied) => {
+                for ((order, outcome), applied) in finals.iter().zip(applied) {
+                    if let (FinalOutcome::Processed(accrual), true) = (outcome, applied) {
+                        stats.record_credit(*accrual);
+                        tracing::info!(order = %order, accrual = ?accrual.map(|a| a.to_string()), "order processed");
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(orders = finals.len(), error = %error, "could not record accrual answers");
+            }
+        }
+    }
+    if !retries.is_empty() {
+        if let Err(error) = queue.retry_many(&retries).await {
+            tracing::warn!(orders = retries.len(), error = %error, "could not put entries back");
+        }
+    }
+}
