@@ -1,8 +1,8 @@
 //! Applies the accrual system's answers to the queue, many at once.
 //!
-//! Answers that arrive while the previous batch is being written are written together: one
-//! statement for all the final outcomes and one for all the entries going back, however many
-//! requests finished meanwhile. Nothing waits to fill a batch, so a lone answer is written at
+//! Answers that arrive while earlier batches are being written (up to four at once) are
+//! written together: one statement for all the final outcomes and one for all the entries
+//! going back, however many requests finished meanwhile. Nothing waits to fill a batch, so a lone answer is written at
 //! once. Each order is still applied exactly as if alone (the store guards every final
 //! outcome by the order's status).
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use domain::OrderNumber;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Semaphore},
     task::JoinHandle,
 };
 
@@ -20,6 +20,10 @@ use crate::ports::queue::{AccrualQueue, FinalOutcome, Retry, RetryReason};
 
 /// The most answers written by one batch.
 pub(super) const MAX_BATCH: usize = 512;
+
+/// Batches written at once: while one waits for the database, the next answers need not wait
+/// for it (their leases keep running).
+const WRITERS: u32 = 4;
 
 /// What becomes of an entry once the accrual system has answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,21 +52,36 @@ impl Applier {
     ) -> (Self, JoinHandle<()>) {
         let (jobs, mut incoming) = mpsc::unbounded_channel::<Job>();
         let task = tokio::spawn(async move {
+            let writers = Arc::new(Semaphore::new(WRITERS as usize));
             let mut batch = Vec::new();
-            while incoming.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            loop {
+                // A free writer first, so that answers arriving meanwhile join the batch.
+                let Ok(writer) = writers.clone().acquire_owned().await else {
+                    break;
+                };
+                if incoming.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                    break;
+                }
                 let mut replies = Vec::with_capacity(batch.len());
-                let outcomes = batch
+                let outcomes: Vec<_> = batch
                     .drain(..)
                     .map(|(order, outcome, reply)| {
                         replies.push(reply);
                         (order, outcome)
                     })
                     .collect();
-                apply_outcomes(&*queue, &stats, outcomes).await;
-                for reply in replies {
-                    let _ = reply.send(());
-                }
+                let queue = queue.clone();
+                let stats = stats.clone();
+                tokio::spawn(async move {
+                    apply_outcomes(&*queue, &stats, outcomes).await;
+                    for reply in replies {
+                        let _ = reply.send(());
+                    }
+                    drop(writer);
+                });
             }
+            // The last batches are written before the writer ends.
+            let _ = writers.acquire_many(WRITERS).await;
         });
         (Self { jobs }, task)
     }
