@@ -4,6 +4,7 @@
 //! pool of diesel-async connections. SQL lives only in this crate, and no diesel type leaves
 //! it: failures are translated into the application's error enums.
 
+mod audit;
 mod error;
 mod ledger;
 mod listener;
@@ -18,6 +19,9 @@ mod schema;
 pub mod testing;
 mod users;
 
+pub use audit::{
+    AuditError, Invariant, InvariantCheck, LedgerAudit, Violation, EXAMPLES_PER_INVARIANT,
+};
 pub use listener::{listen_for_queued_orders, ANNOUNCE_INTERVAL, QUEUE_CHANNEL};
 pub use migrations::{pending_migrations, run_migrations, MigrationError, MIGRATIONS};
 pub use pool::{PgPool, PgPoolConfig, PgStore, PoolStatus};
