@@ -171,12 +171,15 @@ impl fmt::Display for Violation {
                 number,
                 status,
                 entries,
-            } => write!(f, "order {number} ({status}) has {entries} queue entries"),
-            Self::FinishedOrderQueued {
+            }
+            | Self::FinishedOrderQueued {
                 number,
                 status,
                 entries,
-            } => write!(f, "order {number} ({status}) has {entries} queue entries"),
+            } => {
+                let noun = if *entries == 1 { "entry" } else { "entries" };
+                write!(f, "order {number} ({status}) has {entries} queue {noun}")
+            }
         }
     }
 }
