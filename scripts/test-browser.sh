@@ -5,8 +5,9 @@
 # "Try it out" and sees the 200 in the page, and saves a screenshot to
 # docs/screenshots/swagger-ui.png.
 #
-# Installs what it needs when missing: Debian's `chromium` (when running as root), and the Node
-# driver's packages (scripts/browser/node_modules, from the committed package-lock.json).
+# Installs what it needs when missing: Debian's `chromium`, `nodejs` and `npm` (when running as
+# root; otherwise it fails naming them), and the Node driver's packages
+# (scripts/browser/node_modules, from the committed package-lock.json).
 #
 # Environment: CHROMIUM (the browser, default: chromium on the PATH), SCREENSHOT (default
 # docs/screenshots/swagger-ui.png), CARGO (default cargo).
@@ -30,7 +31,7 @@ if [[ "${1:-}" != "--with-database" ]]; then
             echo "test-browser: installing Debian's chromium package" >&2
             export DEBIAN_FRONTEND=noninteractive
             apt-get update -qq >&2
-            apt-get install -y -qq chromium >&2
+            apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium >&2
             chromium_bin="$(find_chromium)"
         fi
     fi
@@ -39,7 +40,15 @@ if [[ "${1:-}" != "--with-database" ]]; then
         exit 1
     fi
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-        echo "test-browser: Node.js 20 or later and npm are needed" >&2
+        if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            echo "test-browser: installing Debian's nodejs and npm packages" >&2
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq >&2
+            apt-get install -y -qq -o DPkg::Lock::Timeout=600 nodejs npm >&2
+        fi
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "test-browser: Node.js and npm not found; install the 'nodejs' and 'npm' packages" >&2
         exit 1
     fi
     lock="scripts/browser/package-lock.json"

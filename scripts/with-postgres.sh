@@ -4,7 +4,10 @@
 # When DATABASE_URI is already set, the command runs against that server unchanged. Otherwise
 # a throwaway cluster is created from the system's PostgreSQL binaries (installing Debian's
 # `postgresql` package first when they are missing and this runs as root), started on a free
-# port on 127.0.0.1, and stopped and deleted when the command ends.
+# port on 127.0.0.1, and stopped and deleted when the command ends (its folder is made in
+# $TMPDIR, /tmp by default). A throwaway cluster trades durability for speed (fsync,
+# synchronous_commit and full_page_writes off); a kept one runs with PostgreSQL's durable
+# defaults, so that a machine crash cannot corrupt it.
 #
 # Usage: scripts/with-postgres.sh [--keep-dir DIR] COMMAND [ARGS...]
 #   --keep-dir DIR  keep the cluster's data in DIR between runs (used by `make run`).
@@ -70,7 +73,7 @@ if [[ -n "$keep_dir" ]]; then
     mkdir -p "$data_dir"
     remove_dir=""
 else
-    data_dir="$(mktemp -d /tmp/gophermart-pg.XXXXXX)"
+    data_dir="$(mktemp -d -p "${TMPDIR:-/tmp}" gophermart-pg.XXXXXX)"
     remove_dir="$data_dir"
 fi
 if [[ "$(id -u)" == 0 ]]; then
@@ -93,10 +96,12 @@ stop_cluster() {
 trap stop_cluster EXIT
 trap 'exit 130' INT TERM
 
-# A throwaway cluster: durability is traded for speed.
-as_pg "$pg_bin/pg_ctl" -D "$data_dir" -w -t 60 -l "$data_dir/server.log" \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $data_dir -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-    start >/dev/null
+settings="-c listen_addresses=127.0.0.1 -p $port -k $data_dir -c max_connections=300"
+if [[ -n "$remove_dir" ]]; then
+    # A throwaway cluster: durability is traded for speed. A kept one keeps the defaults.
+    settings="$settings -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+fi
+as_pg "$pg_bin/pg_ctl" -D "$data_dir" -w -t 60 -l "$data_dir/server.log" -o "$settings" start >/dev/null
 
 export DATABASE_URI="postgres://postgres@127.0.0.1:$port/postgres"
 echo "with-postgres: PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port" >&2

@@ -4,6 +4,7 @@
 //! pool of diesel-async connections. SQL lives only in this crate, and no diesel type leaves
 //! it: failures are translated into the application's error enums.
 
+mod audit;
 mod error;
 mod gate;
 mod ledger;
@@ -19,6 +20,9 @@ mod schema;
 pub mod testing;
 mod users;
 
+pub use audit::{
+    AuditError, Invariant, InvariantCheck, LedgerAudit, Violation, EXAMPLES_PER_INVARIANT,
+};
 pub use gate::PgClusterGate;
 pub use listener::{listen_for_queued_orders, ANNOUNCE_INTERVAL, QUEUE_CHANNEL};
 pub use migrations::{pending_migrations, run_migrations, MigrationError, MIGRATIONS};

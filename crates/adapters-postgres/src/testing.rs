@@ -2,18 +2,27 @@
 //! template, and drops it when done.
 //!
 //! The server is the one `DATABASE_URI` points at (`make test` starts a throwaway cluster and
-//! sets it). The template is named after a hash of the migration files, so editing a migration
-//! makes a new template.
+//! sets it). When `DATABASE_URI` is unset, the first test that needs a database starts one
+//! throwaway cluster for the whole test process with `scripts/with-postgres.sh` (see
+//! [`ScriptedCluster`]), and the cluster goes away when the process ends, however it ends.
+//! The template is named after a hash of the migration files, so editing a migration makes a
+//! new template.
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
     path::Path,
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    sync::OnceLock,
 };
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use url::Url;
 
 use crate::{run_migrations, PgPoolConfig, PgStore};
+
+pub use crate::audit::LedgerAudit;
 
 const TEMPLATE_LOCK_KEY: i64 = 0x7465_6d70_6c61_7465; // "template"
 
@@ -25,10 +34,118 @@ pub struct TestDatabase {
     admin_url: String,
 }
 
+/// A PostgreSQL cluster started by `scripts/with-postgres.sh`, which stays up while this value
+/// lives.
+///
+/// The script runs, in a process group of its own, a command that prints `DATABASE_URI` and
+/// then waits for its standard input to close. Only this process holds the other end of that
+/// pipe, and the kernel closes it when the process ends, whether the tests pass, a test
+/// panics, the run is interrupted with SIGINT or SIGTERM, or the process is SIGKILLed. The
+/// script then stops the server and (unless the cluster is kept) deletes its folder. The
+/// script ignores SIGINT and SIGPIPE, so that Ctrl-C or a closed terminal cannot stop it
+/// before it has cleaned up.
+#[derive(Debug)]
+pub struct ScriptedCluster {
+    uri: String,
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+}
+
+const WAIT_FOR_STDIN_TO_CLOSE: &str = r#"printf '%s\n' "$DATABASE_URI"; exec cat >/dev/null"#;
+
+impl ScriptedCluster {
+    /// Starts a cluster: a throwaway one (in `$TMPDIR`, fast and unsafe settings), or one whose
+    /// data is kept in `keep_dir` (PostgreSQL's durable defaults), as `make run` does.
+    ///
+    /// # Panics
+    /// When the cluster cannot be started, for instance because the PostgreSQL server
+    /// binaries are missing; this is test code.
+    #[must_use]
+    pub fn start(keep_dir: Option<&Path>) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/with-postgres.sh");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port for PostgreSQL");
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg(r#"trap '' INT PIPE HUP; exec "$0" "$@""#)
+            .arg(&script);
+        if let Some(dir) = keep_dir {
+            command.arg("--keep-dir").arg(dir);
+        }
+        let mut child = command
+            .args(["sh", "-c", WAIT_FOR_STDIN_TO_CLOSE])
+            .env_remove("DATABASE_URI")
+            .env("PGPORT_THROWAWAY", port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot run {}: {error}", script.display()));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut uri = String::new();
+        let read = stdout.read_line(&mut uri);
+        let uri = uri.trim().to_owned();
+        if read.is_err() || uri.is_empty() {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            panic!(
+                "could not start a throwaway PostgreSQL cluster (scripts/with-postgres.sh: {status}; \
+                 its messages are above). Install the PostgreSQL server binaries (Debian's \
+                 `postgresql` package; they are looked for on PATH and in /usr/lib/postgresql/*/bin) \
+                 or set DATABASE_URI to a server the tests may create databases on"
+            );
+        }
+        Self {
+            uri,
+            child,
+            _stdout: stdout,
+        }
+    }
+
+    /// The cluster's `postgres` database, as a connection URI.
+    #[must_use]
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Stops the cluster and waits until the script has stopped the server and, unless it is
+    /// kept, deleted its folder.
+    ///
+    /// # Panics
+    /// When the script cannot be waited for.
+    pub fn stop(mut self) -> ExitStatus {
+        self.stop_and_wait()
+    }
+
+    fn stop_and_wait(&mut self) -> ExitStatus {
+        drop(self.child.stdin.take());
+        self.child
+            .wait()
+            .expect("wait for scripts/with-postgres.sh")
+    }
+}
+
+impl Drop for ScriptedCluster {
+    fn drop(&mut self) {
+        self.stop_and_wait();
+    }
+}
+
+/// The cluster this test process shares when `DATABASE_URI` is unset. A static is never
+/// dropped: the cluster ends with the process, when the kernel closes the script's stdin.
+static PROCESS_CLUSTER: OnceLock<ScriptedCluster> = OnceLock::new();
+
 fn admin_url() -> String {
-    std::env::var("DATABASE_URI").expect(
-        "DATABASE_URI must point at a PostgreSQL server for database tests; `make test` sets it",
-    )
+    match std::env::var("DATABASE_URI") {
+        Ok(uri) if !uri.is_empty() => uri,
+        _ => PROCESS_CLUSTER
+            .get_or_init(|| ScriptedCluster::start(None))
+            .uri()
+            .to_owned(),
+    }
 }
 
 fn with_database(url: &str, name: &str) -> String {
@@ -126,7 +243,8 @@ impl TestDatabase {
     /// Creates a fresh, migrated database.
     ///
     /// # Panics
-    /// When `DATABASE_URI` is unset or the server refuses; this is test code.
+    /// When no server can be had (see the module's documentation) or the server refuses;
+    /// this is test code.
     pub async fn create() -> Self {
         let admin_url = admin_url();
         let mut admin = AsyncPgConnection::establish(&admin_url)
@@ -205,101 +323,37 @@ impl Drop for TestDatabase {
     }
 }
 
-/// What the ledger looks like, checked against the rules that must hold whatever happened.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LedgerAudit {
-    /// Orders stored.
-    pub orders: i64,
-    /// Orders not in a final status.
-    pub unfinished_orders: i64,
-    /// Queue entries left.
-    pub queue_entries: i64,
-    /// Withdrawals stored.
-    pub withdrawals: i64,
-    /// Accounts whose `balance + withdrawn` differs from the accruals of their processed
-    /// orders, with both sides.
-    pub unbalanced_accounts: Vec<(i64, String, String)>,
-    /// Accounts whose `withdrawn` differs from the sum of their withdrawals.
-    pub withdrawn_mismatches: Vec<i64>,
-    /// Accounts with a negative balance.
-    pub negative_balances: i64,
+impl TestDatabase {
+    /// Runs SQL statements on this database, for tests that set up (or break) data on purpose.
+    ///
+    /// # Panics
+    /// When the statements fail; this is test code.
+    pub async fn execute(&self, sql: &str) {
+        let mut conn = AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("connect");
+        diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, sql)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    }
 }
 
+/// The ledger audit, for tests.
 impl LedgerAudit {
     /// Reads the audit from a database.
     ///
     /// # Panics
     /// When the database cannot be read; this is test code.
     pub async fn read(url: &str) -> Self {
-        #[derive(diesel::QueryableByName)]
-        struct Unbalanced {
-            #[diesel(sql_type = diesel::sql_types::Int8)]
-            user_id: i64,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            held: String,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            earned: String,
-        }
-        #[derive(diesel::QueryableByName)]
-        struct User {
-            #[diesel(sql_type = diesel::sql_types::Int8)]
-            user_id: i64,
-        }
-        let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
-        let orders = count(&mut conn, "SELECT count(*) AS count FROM orders").await;
-        let unfinished_orders = count(
-            &mut conn,
-            "SELECT count(*) AS count FROM orders WHERE status NOT IN ('PROCESSED', 'INVALID')",
-        )
-        .await;
-        let queue_entries = count(&mut conn, "SELECT count(*) AS count FROM accrual_queue").await;
-        let withdrawals = count(&mut conn, "SELECT count(*) AS count FROM withdrawals").await;
-        let negative_balances = count(
-            &mut conn,
-            "SELECT count(*) AS count FROM accounts WHERE balance < 0",
-        )
-        .await;
-        let unbalanced: Vec<Unbalanced> = diesel::sql_query(
-            "SELECT a.user_id, (a.balance + a.withdrawn)::text AS held,
-                    COALESCE(sum(o.accrual) FILTER (WHERE o.status = 'PROCESSED'), 0)::text AS earned
-             FROM accounts a LEFT JOIN orders o ON o.user_id = a.user_id
-             GROUP BY a.user_id, a.balance, a.withdrawn
-             HAVING a.balance + a.withdrawn
-                 <> COALESCE(sum(o.accrual) FILTER (WHERE o.status = 'PROCESSED'), 0)",
-        )
-        .load(&mut conn)
-        .await
-        .expect("unbalanced");
-        let withdrawn: Vec<User> = diesel::sql_query(
-            "SELECT a.user_id FROM accounts a LEFT JOIN withdrawals w ON w.user_id = a.user_id
-             GROUP BY a.user_id, a.withdrawn
-             HAVING a.withdrawn <> COALESCE(sum(w.sum), 0)",
-        )
-        .load(&mut conn)
-        .await
-        .expect("withdrawn");
-        Self {
-            orders,
-            unfinished_orders,
-            queue_entries,
-            withdrawals,
-            unbalanced_accounts: unbalanced
-                .into_iter()
-                .map(|u| (u.user_id, u.held, u.earned))
-                .collect(),
-            withdrawn_mismatches: withdrawn.into_iter().map(|u| u.user_id).collect(),
-            negative_balances,
-        }
+        Self::run(url).await.expect("ledger audit")
     }
 
-    /// Whether every rule holds and nothing is left to do.
+    /// Whether every invariant holds and nothing is left to do: no order waits for the
+    /// accrual system. Stricter than [`LedgerAudit::holds`], which a running service's
+    /// in-flight orders do not break.
     #[must_use]
     pub fn is_clean(&self) -> bool {
-        self.unfinished_orders == 0
-            && self.queue_entries == 0
-            && self.unbalanced_accounts.is_empty()
-            && self.withdrawn_mismatches.is_empty()
-            && self.negative_balances == 0
+        self.holds() && self.unfinished_orders == 0 && self.queue_entries == 0
     }
 
     /// The numbers of all orders and withdrawals, to compare with what clients were told.
@@ -328,14 +382,4 @@ impl LedgerAudit {
             withdrawals.into_iter().map(|n| n.number).collect(),
         )
     }
-}
-
-async fn count(conn: &mut AsyncPgConnection, sql: &'static str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::Int8)]
-        count: i64,
-    }
-    let rows: Vec<Count> = diesel::sql_query(sql).load(conn).await.expect(sql);
-    rows.into_iter().next().map_or(0, |c| c.count)
 }

@@ -18,6 +18,9 @@ pub enum LogFormat {
 /// says how many points each earns, and customers spend them on new orders.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gophermart", version, about, args_override_self = true)]
+#[command(
+    after_help = "Ledger audit: `gophermart audit [-d URI] [--format text|json]` checks the ledger's invariants in the database and exits 0 when they hold, 1 when not (see docs/operations.md)."
+)]
 pub struct Config {
     /// Address and port to listen on. `:8080` means every interface; `localhost` binds
     /// every address the name resolves to, IPv4 included.

@@ -1,6 +1,7 @@
 //! Gophermart's wiring: configuration in, a running service out. Builds the adapters, hands
 //! them to the HTTP server and the accrual worker, and stops both cleanly.
 
+pub mod audit;
 pub mod config;
 mod operations;
 pub mod telemetry;

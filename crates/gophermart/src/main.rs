@@ -1,11 +1,18 @@
 //! The `gophermart` binary: telemetry, configuration, build, run until SIGINT or SIGTERM.
+//! `gophermart audit` checks the ledger in the database instead (see `gophermart::audit`).
+
+use std::process::ExitCode;
 
 use clap::Parser;
-use gophermart::{telemetry, Application, Config};
+use gophermart::{audit, telemetry, Application, Config};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+async fn main() -> anyhow::Result<ExitCode> {
+    let args: Vec<_> = std::env::args_os().collect();
+    if audit::is_requested(&args) {
+        return Ok(audit::run(audit::AuditArgs::parse_from(&args[1..])).await);
+    }
+    let config = Config::parse_from(args);
     telemetry::init(config.log_format);
     let application = Application::build(config).await?;
     let stop = application.stop_handle();
@@ -14,7 +21,8 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("stopping: finishing in-flight requests");
         stop.stop().await;
     });
-    application.run_until_stopped().await
+    application.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {
