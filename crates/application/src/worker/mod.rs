@@ -82,6 +82,16 @@ fn doubling(base: Duration, times: u32, cap: Duration) -> Duration {
     base.saturating_mul(1u32 << exponent).min(cap)
 }
 
+/// What a turn under the pace came to.
+enum Turn {
+    /// An entry was claimed and its request sent.
+    Served,
+    /// No slot before this time.
+    Wait(tokio::time::Instant),
+    /// Nothing is due (or it was taken by another instance).
+    NothingDue,
+}
+
 /// The worker's collaborators.
 #[derive(Clone)]
 pub struct AccrualWorker {
@@ -188,44 +198,30 @@ impl AccrualWorker {
                 }
                 continue;
             }
-            let paced = self.gate.is_paced();
-            let (batch, order) = if paced {
-                (1, ClaimOrder::FairShares)
-            } else {
-                (free, ClaimOrder::DueFirst)
-            };
-            let claimed = match self
-                .queue
-                .claim(
-                    u32::try_from(batch).unwrap_or(u32::MAX),
-                    self.clock.now(),
-                    self.config.lease,
-                    order,
-                )
-                .await
-            {
-                Ok(entries) => entries,
-                Err(error) => {
-                    tracing::warn!(error = %error, "could not claim queued orders");
-                    Vec::new()
-                }
-            };
-            let count = claimed.len();
-            for entry in claimed {
-                let worker = self.clone();
-                let stop = stop.clone();
-                let applier = applier.clone();
-                if paced {
-                    // Admitted here, before the next claim: the next entry is chosen when
-                    // there is a slot for it.
-                    if !self.admit(&entry, &stop).await {
+            if self.gate.is_paced() {
+                match self.serve_one_in_turn(&applier, &mut in_flight).await {
+                    Turn::Served => continue,
+                    Turn::Wait(opens) => {
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            () = tokio::time::sleep_until(opens) => {}
+                        }
                         continue;
                     }
-                    in_flight.spawn(async move {
-                        let outcome = worker.ask(&entry).await;
-                        applier.apply(entry.order, outcome).await;
-                    });
-                } else {
+                    Turn::NothingDue => {}
+                }
+            } else {
+                let claimed = self
+                    .claim(
+                        u32::try_from(free).unwrap_or(u32::MAX),
+                        ClaimOrder::DueFirst,
+                    )
+                    .await;
+                let count = claimed.len();
+                for entry in claimed {
+                    let worker = self.clone();
+                    let stop = stop.clone();
+                    let applier = applier.clone();
                     in_flight.spawn(async move {
                         if worker.admit(&entry, &stop).await {
                             let outcome = worker.ask(&entry).await;
@@ -233,17 +229,14 @@ impl AccrualWorker {
                         }
                     });
                 }
-            }
-            if count > 0 && (paced || count == free) {
-                // There may be more due work: go round for the next entry, or as soon as a
-                // request finishes when all are in flight.
-                if !paced {
+                if count > 0 && count == free {
+                    // There may be more due work: go round as soon as a request finishes.
                     tokio::select! {
                         () = stop.cancelled() => {}
                         _ = in_flight.join_next() => {}
                     }
+                    continue;
                 }
-                continue;
             }
             let sleep = self.idle_sleep().await;
             tokio::select! {
@@ -257,6 +250,56 @@ impl AccrualWorker {
         if let Err(error) = applying.await {
             tracing::error!(%error, "the accrual answer writer failed");
         }
+    }
+
+    /// Claims up to `limit` due entries in `order`; none when the queue cannot be read.
+    async fn claim(&self, limit: u32, order: ClaimOrder) -> Vec<QueueEntry> {
+        match self
+            .queue
+            .claim(limit, self.clock.now(), self.config.lease, order)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(error = %error, "could not claim queued orders");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Under a pace: takes the next request slot first, and only then claims the entry it goes
+    /// to, customers in turn, so that the entry chosen is the one served now and no entry
+    /// waits at the gate with its lease running (or is counted as served without being
+    /// asked).
+    async fn serve_one_in_turn(&self, applier: &Applier, in_flight: &mut JoinSet<()>) -> Turn {
+        // A slot is worth taking only when an entry is due.
+        match self.queue.next_due().await {
+            Ok(Some(due)) if due <= self.clock.now() => {}
+            Ok(_) => return Turn::NothingDue,
+            Err(error) => {
+                tracing::warn!(error = %error, "could not read the queue");
+                return Turn::NothingDue;
+            }
+        }
+        if let Err(opens) = self.gate.try_admit().await {
+            return Turn::Wait(opens);
+        }
+        let Some(entry) = self
+            .claim(1, ClaimOrder::FairShares)
+            .await
+            .into_iter()
+            .next()
+        else {
+            // Another instance took what was due: the slot goes unused.
+            return Turn::NothingDue;
+        };
+        let worker = self.clone();
+        let applier = applier.clone();
+        in_flight.spawn(async move {
+            let outcome = worker.ask(&entry).await;
+            applier.apply(entry.order, outcome).await;
+        });
+        Turn::Served
     }
 
     /// How long to sleep when idle: until the next entry is due, at most the poll interval.
