@@ -513,6 +513,75 @@ mod tests {
         }
     }
 
+    /// Every operation of the document by its id.
+    fn operations(document: &Value) -> BTreeMap<String, Value> {
+        document["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .flat_map(|item| item.as_object().expect("item").values())
+            .filter_map(|operation| {
+                let id = operation["operationId"].as_str()?;
+                Some((id.to_owned(), operation.clone()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_link_is_in_the_document_and_leads_to_an_operation() {
+        let operations = operations(&document());
+
+        for (source, status, name, target, parameters, body) in link_table() {
+            let link = &operations[source]["responses"][status]["links"][&name];
+            assert_eq!(
+                link["operationId"], target,
+                "{source} {status} {name}: {link}"
+            );
+            assert!(operations.contains_key(target), "{target} is no operation");
+            for (parameter, value) in parameters {
+                assert_eq!(link["parameters"][parameter], value, "{source} {name}");
+            }
+            assert_eq!(link["requestBody"].as_str(), body, "{source} {name}");
+        }
+        for source in ["register", "login"] {
+            let links = operations[source]["responses"]["200"]["links"]
+                .as_object()
+                .expect("links");
+            for target in SIGNED_IN_OPERATIONS {
+                assert_eq!(
+                    links[target]["parameters"]["header.Authorization"],
+                    "$response.header.Authorization"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_states_the_domain_limits() {
+        let document = document();
+        let schemas = &document["components"]["schemas"];
+        let credentials = &schemas["CredentialsBody"]["properties"];
+        let withdrawal = &schemas["WithdrawBody"]["properties"];
+
+        assert_eq!(
+            credentials["password"]["maxLength"],
+            domain::MAX_PASSWORD_CHARS
+        );
+        assert_eq!(credentials["password"]["minLength"], 1);
+        assert_eq!(credentials["login"]["maxLength"], domain::MAX_LOGIN_CHARS);
+        assert_eq!(
+            withdrawal["order"]["maxLength"],
+            domain::MAX_ORDER_NUMBER_LEN
+        );
+        assert_eq!(withdrawal["order"]["format"], "luhn");
+        assert_eq!(withdrawal["sum"]["multipleOf"], 0.01);
+        assert_eq!(withdrawal["sum"]["exclusiveMinimum"], 0);
+        assert_eq!(
+            withdrawal["sum"]["exclusiveMaximum"],
+            1_000_000_000_000_000_000_i64
+        );
+    }
+
     #[test]
     fn both_ways_of_presenting_the_token_are_described() {
         let document = document();
