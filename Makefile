@@ -63,11 +63,13 @@ chaos:
 bench:
 	bench/bench.sh
 
-# API fuzzing with Schemathesis (installed into target/fuzz-venv) of a throwaway instance:
-# FUZZ_EXAMPLES cases per operation (200), FUZZ_SEED to repeat a run. docs/fuzzing.md explains it.
+# API fuzzing with Schemathesis (installed into target/fuzz-venv) of a throwaway instance with
+# our accrual system and a funded customer: FUZZ_EXAMPLES cases per operation and stateful
+# sequences (1000), FUZZ_SEED to repeat a run. docs/fuzzing.md explains it.
 fuzz:
 	scripts/fuzz.sh
 
-# The short fuzzing run of `make test`: 30 cases per operation, a fixed seed.
+# The short fuzzing run of `make test`: 30 cases per operation and 30 stateful sequences at
+# most, a fixed seed.
 fuzz-short:
 	FUZZ_EXAMPLES=30 FUZZ_SEED=20261122 scripts/fuzz.sh

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# API fuzzing with Schemathesis: builds the `gophermart` binary, runs it against a throwaway
-# PostgreSQL (scripts/with-postgres.sh) with sign-in throttling off, registers a customer, and lets
-# Schemathesis generate requests from the served OpenAPI document (/api/openapi.json):
+# API fuzzing with Schemathesis: builds the `gophermart` and `accrual` binaries, starts our accrual
+# system with a reward rule and gophermart against a throwaway PostgreSQL
+# (scripts/with-postgres.sh) with sign-in throttling off, registers a customer, credits it
+# FUZZ_POINTS points through the accrual system (an uploaded purchase), and lets Schemathesis
+# generate requests from the served OpenAPI document (/api/openapi.json):
 #   1. signed in (`Authorization: Bearer <token>`): every operation of the document,
-#      FUZZ_EXAMPLES cases each;
+#      FUZZ_EXAMPLES cases each, then the stateful phase: sequences of calls along the
+#      document's links (register/login -> the token; upload -> list; withdraw -> withdrawals);
 #   2. signed out: the five operations that need a customer, FUZZ_NOAUTH_EXAMPLES cases each
 #      (the 401 paths; the other five take no credentials and are covered by the first run).
 # Every answer goes through all of Schemathesis' checks: no 5xx, status code, content type,
@@ -16,8 +19,9 @@
 # FUZZ_REPORT_DIR.
 #
 # Environment:
-#   FUZZ_EXAMPLES         cases per operation, signed in (default 200)
+#   FUZZ_EXAMPLES         cases per operation, signed in (default 1000)
 #   FUZZ_NOAUTH_EXAMPLES  cases per operation, signed out (default FUZZ_EXAMPLES/5, at least 10)
+#   FUZZ_POINTS           points credited to the fuzzed customer before fuzzing (default 100000)
 #   FUZZ_SEED             the seed, to repeat a run (default: a random one, shown in the summary)
 #   FUZZ_WORKERS          concurrent Schemathesis workers (default 2)
 #   FUZZ_CHECKS           Schemathesis checks (default all)
@@ -51,13 +55,14 @@ if [[ "${1:-}" != "--with-database" ]]; then
         "$venv/bin/pip" install --quiet --disable-pip-version-check \
             "schemathesis==$schemathesis_version" >&2
     fi
-    ${CARGO:-cargo} build --quiet --bin gophermart
+    ${CARGO:-cargo} build --quiet --bin gophermart --bin accrual
     exec scripts/with-postgres.sh "$0" --with-database
 fi
 
 # From here on DATABASE_URI points at a PostgreSQL server.
 started=$SECONDS
-examples="${FUZZ_EXAMPLES:-200}"
+examples="${FUZZ_EXAMPLES:-1000}"
+points="${FUZZ_POINTS:-100000}"
 noauth_default=$((examples / 5))
 ((noauth_default >= 10)) || noauth_default=10
 noauth_examples="${FUZZ_NOAUTH_EXAMPLES:-$noauth_default}"
@@ -66,22 +71,34 @@ workers="${FUZZ_WORKERS:-2}"
 report_dir="${FUZZ_REPORT_DIR:-$root/target/fuzz}"
 mkdir -p "$report_dir"
 report_dir="$(cd "$report_dir" && pwd)"
-rm -rf "$report_dir/auth" "$report_dir/noauth"
+rm -rf "$report_dir/auth" "$report_dir/stateful" "$report_dir/noauth"
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+port="$(free_port)"
+accrual_port="$(free_port)"
 log="$report_dir/gophermart.log"
-# The accrual system is the discard port: uploaded orders stay queued and are retried, locally.
+pids=()
+# shellcheck disable=SC2317 # run by the trap
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# Our accrual system, in memory, finishing orders at once; fuzzed uploads it does not know stay
+# queued in gophermart and are asked about again, locally.
+accrual="http://127.0.0.1:$accrual_port"
+"$root/target/debug/accrual" -a "127.0.0.1:$accrual_port" --processing-delay-ms 0 \
+    >"$report_dir/accrual.log" 2>&1 &
+pids+=($!)
 RUST_LOG="${RUST_LOG:-warn}" "$root/target/debug/gophermart" -a "127.0.0.1:$port" \
-    --bcrypt-cost 4 -r http://127.0.0.1:9 --jwt-secret fuzz-secret \
+    --bcrypt-cost 4 -r "$accrual" --jwt-secret fuzz-secret \
     --login-max-failures-per-login 0 --login-max-failures-per-address 0 \
     >"$log" 2>&1 &
 pid=$!
-# shellcheck disable=SC2317 # run by the trap
-cleanup() {
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-trap cleanup EXIT
+pids+=("$pid")
 
 base="http://127.0.0.1:$port"
 for _ in $(seq 300); do
@@ -109,6 +126,36 @@ if [[ -z "$token" ]] ||
     exit 1
 fi
 
+# Credit the customer: a purchase under a flat reward rule, registered at the accrual system,
+# uploaded by the customer, then processed by gophermart's worker. Its number (Luhn-valid, 18
+# digits starting 9) is one the fuzzing is unlikely to draw.
+purchase="$(python3 -c '
+import random, sys
+digits = [9] + [random.randrange(10) for _ in range(16)]
+total = 0
+for i, d in enumerate(reversed(digits)):
+    d = d * 2 if i % 2 == 0 else d
+    total += d - 9 if d > 9 else d
+print("".join(map(str, digits)) + str((10 - total % 10) % 10))')"
+curl -sf -o /dev/null --retry 30 --retry-delay 1 --retry-connrefused \
+    -X POST "$accrual/api/goods" -H 'Content-Type: application/json' \
+    --data "{\"match\":\"Fuzz\",\"reward\":$points,\"reward_type\":\"pt\"}"
+curl -sf -o /dev/null -X POST "$accrual/api/orders" -H 'Content-Type: application/json' \
+    --data "{\"order\":\"$purchase\",\"goods\":[{\"description\":\"Fuzz kit\",\"price\":1}]}"
+curl -sf -o /dev/null -X POST "$base/api/user/orders" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: text/plain' --data "$purchase"
+credited=""
+for _ in $(seq 300); do
+    credited="$(curl -sf -H "Authorization: Bearer $token" "$base/api/user/balance" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["current"])')"
+    [[ "$credited" != 0 ]] && break
+    sleep 0.1
+done
+if [[ "$credited" == 0 ]]; then
+    echo "fuzz: the accrual system did not credit $login for order $purchase" >&2
+    exit 1
+fi
+
 # What may answer a request the document calls valid (positive_data_acceptance) or invalid
 # (negative_data_rejection), beyond Schemathesis' defaults; docs/fuzzing.md says why.
 config="$report_dir/schemathesis.toml"
@@ -123,10 +170,53 @@ expected-statuses = ["2xx", "401", "402", "409", "422", "429", "5xx"]
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 TOML
 
+# The document's order numbers have `format: luhn`, a rule JSON Schema cannot state: this
+# teaches Schemathesis to draw numbers with a right checksum, so that valid data is valid.
+hooks="$report_dir/hooks.py"
+cat >"$hooks" <<'PY'
+"""Schemathesis hooks of scripts/fuzz.sh: the `luhn` string format of order numbers, and the
+funded customer's token for the stateful run."""
+import os
+
+import schemathesis
+from hypothesis import strategies as st
+
+
+def with_check_digit(payload):
+    total = 0
+    for i, digit in enumerate(reversed(payload)):
+        digit = digit * 2 if i % 2 == 0 else digit
+        total += digit - 9 if digit > 9 else digit
+    return "".join(map(str, payload)) + str((10 - total % 10) % 10)
+
+
+schemathesis.openapi.format(
+    "luhn", st.lists(st.integers(0, 9), max_size=63).map(with_check_digit)
+)
+
+TOKEN = os.environ.get("FUZZ_STATEFUL_TOKEN")
+
+if TOKEN:
+
+    @schemathesis.auth()
+    class FundedCustomer:
+        """The stateful run: a call that no link gave a token is made as the funded customer (a
+        header given on the command line would override the tokens links hand on)."""
+
+        def get(self, case, context):
+            return TOKEN
+
+        def set(self, case, data, context):
+            headers = dict(case.headers or {})
+            if not any(name.lower() == "authorization" for name in headers):
+                headers["Authorization"] = f"Bearer {data}"
+            case.headers = headers
+PY
+export SCHEMATHESIS_HOOKS="$hooks"
+
 # shellcheck disable=SC2054 # the commas are in values
 common=(
     --checks "${FUZZ_CHECKS:-all}"
-    --phases examples,coverage,fuzzing
     --continue-on-failure
     --seed "$seed"
     --workers "$workers"
@@ -148,22 +238,34 @@ status=0
 echo "fuzz: signed in as $login, $examples cases per operation, seed $seed" >&2
 "$st" --config-file "$config" run "${schema_args[@]}" "${common[@]}" \
     --max-examples "$examples" \
+    --phases examples,coverage,fuzzing \
     -H "Authorization: Bearer $token" \
     --report ndjson,junit --report-dir "$report_dir/auth" || status=$?
+
+# Sequences along the document's links: register/login hand their token on to the customer
+# operations, so these calls carry the token of the link when there is one and the funded
+# customer's otherwise (the hook above), never one from the command line.
+echo "fuzz: stateful, $examples sequences at most, seed $seed" >&2
+FUZZ_STATEFUL_TOKEN="$token" "$st" --config-file "$config" run "${schema_args[@]}" "${common[@]}" \
+    --max-examples "$examples" \
+    --phases stateful \
+    --report ndjson,junit --report-dir "$report_dir/stateful" || status=$?
 
 # Signed out every answer is meant to be 401: Schemathesis' warning about that is left out.
 all_warnings_but_missing_auth=missing_test_data,base_url_mismatch,validation_mismatch,missing_deserializer,unused_openapi_auth,unsupported_regex,method_not_allowed,constants_extraction,unmatched_filter,unresolvable_reference,low_valid_rate,rate_limited,dictionary_mismatch,timeout_units
 echo "fuzz: signed out, $noauth_examples cases per operation, seed $seed" >&2
 "$st" --config-file "$config" run "${schema_args[@]}" "${common[@]}" \
     --max-examples "$noauth_examples" \
+    --phases examples,coverage,fuzzing \
     --include-path-regex '^/api/user/(orders|balance|withdrawals)' \
     --warnings "$all_warnings_but_missing_auth" \
     --report ndjson,junit --report-dir "$report_dir/noauth" || status=$?
 
 curl -sf "$base/metrics" >"$report_dir/metrics.txt" || true
 "$venv/bin/python" - "$report_dir" "$status" "$seed" "$((SECONDS - started))" <<'PY' || status=1
-"""The summary line: cases from Schemathesis' NDJSON reports, requests from gophermart's own
-counter (shrinking included), failures by check, and every 5xx either saw."""
+"""The summary line: cases from Schemathesis' NDJSON reports (and the stateful run's sequences),
+requests from gophermart's own counter (shrinking included), withdrawals answered 200 and 409,
+failures by check, and every 5xx any run saw."""
 import collections, glob, json, re, sys
 
 report_dir, status, seed, took = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -171,7 +273,9 @@ cases = {}
 failures = collections.Counter()  # check -> failing cases
 failing_operations = collections.defaultdict(set)  # check -> operations
 answers_5xx = 0
-for run in ("auth", "noauth"):
+sequences = 0
+withdrawals = collections.Counter()  # status -> answers
+for run in ("auth", "stateful", "noauth"):
     cases[run] = 0
     for path in glob.glob(f"{report_dir}/{run}/*.ndjson"):
         for line in open(path, encoding="utf-8"):
@@ -180,10 +284,14 @@ for run in ("auth", "noauth"):
                 continue
             recorder = finished["recorder"]
             cases[run] += len(recorder.get("cases", {}))
+            if finished.get("phase") == "stateful":
+                sequences += 1
             for interaction in recorder.get("interactions", {}).values():
                 response = interaction.get("response")
                 if response and response["status_code"] >= 500:
                     answers_5xx += 1
+                if response and interaction["request"]["uri"].endswith("/api/user/balance/withdraw"):
+                    withdrawals[response["status_code"]] += 1
             for checks in recorder.get("checks", {}).values():
                 for check in checks:
                     if check["status"] == "failure":
@@ -204,10 +312,12 @@ by_check = ", ".join(
 ) or "none"
 failed = status != 0 or failures or answers_5xx
 print(
-    f"fuzz: {'FAILED' if failed else 'passed'}: {cases['auth'] + cases['noauth']} cases "
-    f"({cases['auth']} signed in, {cases['noauth']} signed out), "
+    f"fuzz: {'FAILED' if failed else 'passed'}: {sum(cases.values())} cases "
+    f"({cases['auth']} signed in, {cases['stateful']} in {sequences} stateful sequences, "
+    f"{cases['noauth']} signed out), "
     f"{sum(served.values())} requests served "
     f"({', '.join(f'{k} {v}' for k, v in sorted(served.items()))}); "
+    f"withdrawals 200 {withdrawals[200]}, 409 {withdrawals[409]}, 402 {withdrawals[402]}; "
     f"failures by check: {by_check}; 5xx answers: {answers_5xx}; seed {seed}; {took} s"
 )
 sys.exit(1 if failed else 0)

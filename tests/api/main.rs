@@ -8,6 +8,7 @@ mod balance;
 mod encoding;
 mod operability;
 mod orders;
+mod passwords;
 mod smoke;
 mod support;
 mod throttle;

@@ -1,6 +1,7 @@
 //! Password hashing with bcrypt and session tokens as HS256-signed JWTs.
 
 mod password;
+mod password_format;
 mod token;
 
 pub use password::{default_concurrency, BcryptHasher};

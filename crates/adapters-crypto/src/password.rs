@@ -25,6 +25,8 @@ use async_trait::async_trait;
 use domain::Password;
 use tokio::sync::Semaphore;
 
+use crate::password_format;
+
 /// The longest a sign-in should wait for its turn; beyond it sign-ins are refused.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
@@ -209,7 +211,7 @@ impl Shared {
         if let Some(dummy) = self.dummy.get() {
             return Ok(dummy);
         }
-        let made = bcrypt::hash(DUMMY_PASSWORD, self.cost)?;
+        let made = password_format::hash(DUMMY_PASSWORD, self.cost)?;
         Ok(self.dummy.get_or_init(|| made))
     }
 }
@@ -228,7 +230,7 @@ pub fn default_concurrency() -> usize {
 impl PasswordHasher for BcryptHasher {
     async fn hash(&self, password: &Password) -> Result<PasswordHash, HashingError> {
         let clear = password.expose().to_owned();
-        self.run(move |shared| bcrypt::hash(clear, shared.cost))
+        self.run(move |shared| password_format::hash(&clear, shared.cost))
             .await
             .map(PasswordHash)
     }
@@ -242,8 +244,8 @@ impl PasswordHasher for BcryptHasher {
         let known = hash.is_some();
         let matches = self
             .run(move |shared| match hash {
-                Some(hash) => bcrypt::verify(clear, &hash.0),
-                None => bcrypt::verify(clear, shared.dummy()?),
+                Some(hash) => password_format::verify(&clear, &hash.0),
+                None => password_format::verify(&clear, shared.dummy()?),
             })
             .await?;
         Ok(known && matches)

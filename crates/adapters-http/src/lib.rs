@@ -9,6 +9,7 @@ pub mod openapi;
 mod ops;
 mod problem;
 mod routes;
+pub mod schemas;
 mod server;
 mod state;
 

@@ -5,11 +5,11 @@
 use actix_web::{http::Method, web, FromRequest, Handler, Responder, Route};
 use utoipa::{
     openapi::{
-        schema::{ObjectBuilder, Type},
+        link::LinkBuilder,
         security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
-        HttpMethod,
+        HttpMethod, RefOr,
     },
-    Modify, OpenApi, ToResponse, ToSchema,
+    Modify, OpenApi,
 };
 
 use crate::{
@@ -17,6 +17,7 @@ use crate::{
     ops,
     problem::Problem,
     routes::{accounts, balance, orders},
+    schemas::{Internal, PayloadTooLarge, Unauthorized, Unavailable},
 };
 
 /// The name of the bearer-token security scheme.
@@ -57,7 +58,7 @@ pub const COOKIE_SCHEME: &str = "cookie";
         schemas(Problem),
         responses(Unauthorized, PayloadTooLarge, Internal, Unavailable)
     ),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &Links),
     tags(
         (name = "accounts", description = "Registration and sign-in."),
         (name = "orders", description = "Order numbers handed in for points."),
@@ -102,96 +103,128 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The schema of an amount of points: an exact JSON number, at most two decimal places.
-#[must_use]
-pub fn money_schema() -> utoipa::openapi::schema::Object {
-    ObjectBuilder::new()
-        .schema_type(Type::Number)
-        .minimum(Some(0))
-        .description(Some(
-            "Points, an exact decimal number with at most two decimal places (`729.98`, `42`).",
-        ))
-        .examples([serde_json::json!(729.98)])
-        .build()
-}
+/// The operations a customer's token opens, by operation id.
+const SIGNED_IN_OPERATIONS: [&str; 5] = [
+    "upload_order",
+    "list_orders",
+    "balance",
+    "withdraw",
+    "list_withdrawals",
+];
 
-/// A positive amount of points, as a withdrawal's sum.
-pub fn positive_money_schema() -> utoipa::openapi::schema::Object {
-    ObjectBuilder::new()
-        .schema_type(Type::Number)
-        .exclusive_minimum(Some(0))
-        .description(Some(
-            "Points to spend: an exact decimal number greater than zero with at most two decimal places.",
-        ))
-        .examples([serde_json::json!(751)])
-        .build()
-}
-
-/// The text body of an order upload: digits, surrounding whitespace ignored.
+/// Where an answer leads (OpenAPI links), so that clients and stateful tests can chain calls:
+/// registering or signing in hands out the token every customer operation takes; an upload is
+/// then in the list and can be sent again; a withdrawal is then in the list, shows in the
+/// balance, and sending it again is refused as a reused order number.
 #[derive(Debug)]
-pub struct OrderNumberText;
+struct Links;
 
-impl utoipa::PartialSchema for OrderNumberText {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some(r"^\s*[0-9]{1,64}\s*$"))
-            .examples([serde_json::json!("12345678903")])
-            .into()
+/// `(operation, status, link name, target operation, parameters, request body)`.
+type LinkSpec = (
+    &'static str,
+    &'static str,
+    String,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    Option<&'static str>,
+);
+
+fn link_table() -> Vec<LinkSpec> {
+    let token = ("header.Authorization", "$response.header.Authorization");
+    let mut table: Vec<LinkSpec> = Vec::new();
+    for source in ["register", "login"] {
+        for target in SIGNED_IN_OPERATIONS {
+            table.push((source, "200", target.to_owned(), target, vec![token], None));
+        }
+    }
+    table.extend([
+        (
+            "register",
+            "200",
+            "login".to_owned(),
+            "login",
+            vec![],
+            Some("$request.body"),
+        ),
+        (
+            "upload_order",
+            "202",
+            "list_orders".to_owned(),
+            "list_orders",
+            vec![],
+            None,
+        ),
+        (
+            "upload_order",
+            "202",
+            "upload_again".to_owned(),
+            "upload_order",
+            vec![],
+            Some("$request.body"),
+        ),
+        (
+            "withdraw",
+            "200",
+            "list_withdrawals".to_owned(),
+            "list_withdrawals",
+            vec![],
+            None,
+        ),
+        (
+            "withdraw",
+            "200",
+            "balance".to_owned(),
+            "balance",
+            vec![],
+            None,
+        ),
+        (
+            "withdraw",
+            "200",
+            "withdraw_again".to_owned(),
+            "withdraw",
+            vec![],
+            Some("$request.body"),
+        ),
+    ]);
+    table
+}
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (source, status, name, target, parameters, body) in link_table() {
+            let operation = openapi
+                .paths
+                .paths
+                .values_mut()
+                .flat_map(|item| {
+                    [
+                        item.get.as_mut(),
+                        item.post.as_mut(),
+                        item.put.as_mut(),
+                        item.delete.as_mut(),
+                        item.patch.as_mut(),
+                    ]
+                })
+                .flatten()
+                .find(|operation| operation.operation_id.as_deref() == Some(source));
+            let Some(RefOr::T(response)) =
+                operation.and_then(|operation| operation.responses.responses.get_mut(status))
+            else {
+                continue;
+            };
+            let link = parameters
+                .into_iter()
+                .fold(
+                    LinkBuilder::new().operation_id(target),
+                    |link, (parameter, value)| link.parameter(parameter, value),
+                )
+                .request_body(body)
+                .build();
+            response.links.insert(name, RefOr::T(link));
+        }
     }
 }
-
-impl ToSchema for OrderNumberText {}
-
-/// No valid credentials.
-#[derive(Debug, ToResponse)]
-#[response(
-    description = "No valid credentials: the token is missing, forged or expired.",
-    content_type = "application/problem+json",
-    headers(("WWW-Authenticate" = String, description = "`Bearer`")),
-    example = json!({
-        "type": "about:blank",
-        "title": "Unauthorized",
-        "status": 401,
-        "detail": "no credentials: send the token as `Authorization: Bearer <token>` or in the `token` cookie"
-    })
-)]
-pub struct Unauthorized(pub Problem);
-
-/// The request body is over the limit.
-#[derive(Debug, ToResponse)]
-#[response(
-    description = "The request body is larger than 64 KiB.",
-    content_type = "application/problem+json",
-    example = json!({
-        "type": "about:blank",
-        "title": "Payload Too Large",
-        "status": 413,
-        "detail": "JSON payload (70000 bytes) is larger than allowed (limit: 65536 bytes)."
-    })
-)]
-pub struct PayloadTooLarge(pub Problem);
-
-/// An internal failure.
-#[derive(Debug, ToResponse)]
-#[response(
-    description = "An internal failure; nothing was changed. The cause is in the service's log \
-        under the answer's `x-request-id`.",
-    content_type = "application/problem+json",
-    example = json!({"type": "about:blank", "title": "Internal Server Error", "status": 500})
-)]
-pub struct Internal(pub Problem);
-
-/// The database is out of reach, or the service sheds load.
-#[derive(Debug, ToResponse)]
-#[response(
-    description = "The database is out of reach or busy, or (registration and sign-in) too many \
-        passwords are waiting to be checked; nothing was changed. Worth retrying after `Retry-After`.",
-    content_type = "application/problem+json",
-    headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),
-    example = json!({"type": "about:blank", "title": "Service Unavailable", "status": 503})
-)]
-pub struct Unavailable(pub Problem);
 
 /// A documented operation and the route that serves it.
 pub(crate) struct Endpoint {
@@ -478,6 +511,75 @@ mod tests {
                 "{reference} does not resolve"
             );
         }
+    }
+
+    /// Every operation of the document by its id.
+    fn operations(document: &Value) -> BTreeMap<String, Value> {
+        document["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .flat_map(|item| item.as_object().expect("item").values())
+            .filter_map(|operation| {
+                let id = operation["operationId"].as_str()?;
+                Some((id.to_owned(), operation.clone()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_link_is_in_the_document_and_leads_to_an_operation() {
+        let operations = operations(&document());
+
+        for (source, status, name, target, parameters, body) in link_table() {
+            let link = &operations[source]["responses"][status]["links"][&name];
+            assert_eq!(
+                link["operationId"], target,
+                "{source} {status} {name}: {link}"
+            );
+            assert!(operations.contains_key(target), "{target} is no operation");
+            for (parameter, value) in parameters {
+                assert_eq!(link["parameters"][parameter], value, "{source} {name}");
+            }
+            assert_eq!(link["requestBody"].as_str(), body, "{source} {name}");
+        }
+        for source in ["register", "login"] {
+            let links = operations[source]["responses"]["200"]["links"]
+                .as_object()
+                .expect("links");
+            for target in SIGNED_IN_OPERATIONS {
+                assert_eq!(
+                    links[target]["parameters"]["header.Authorization"],
+                    "$response.header.Authorization"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_states_the_domain_limits() {
+        let document = document();
+        let schemas = &document["components"]["schemas"];
+        let credentials = &schemas["CredentialsBody"]["properties"];
+        let withdrawal = &schemas["WithdrawBody"]["properties"];
+
+        assert_eq!(
+            credentials["password"]["maxLength"],
+            domain::MAX_PASSWORD_CHARS
+        );
+        assert_eq!(credentials["password"]["minLength"], 1);
+        assert_eq!(credentials["login"]["maxLength"], domain::MAX_LOGIN_CHARS);
+        assert_eq!(
+            withdrawal["order"]["maxLength"],
+            domain::MAX_ORDER_NUMBER_LEN
+        );
+        assert_eq!(withdrawal["order"]["format"], "luhn");
+        assert_eq!(withdrawal["sum"]["multipleOf"], 0.01);
+        assert_eq!(withdrawal["sum"]["exclusiveMinimum"], 0);
+        assert_eq!(
+            withdrawal["sum"]["exclusiveMaximum"],
+            1_000_000_000_000_000_000_i64
+        );
     }
 
     #[test]

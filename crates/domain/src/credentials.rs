@@ -4,8 +4,9 @@ use std::fmt;
 
 /// The longest login accepted, in characters.
 pub const MAX_LOGIN_CHARS: usize = 128;
-/// bcrypt reads at most 72 bytes of a password; longer ones are refused rather than truncated.
-pub const MAX_PASSWORD_BYTES: usize = 72;
+/// The longest password accepted, in characters (Unicode scalar values, as JSON Schema's
+/// `maxLength` counts them). The hasher reads every character of it, whatever the script.
+pub const MAX_PASSWORD_CHARS: usize = 128;
 
 /// A login: 1 to [`MAX_LOGIN_CHARS`] characters, no control characters, no leading or trailing
 /// whitespace.
@@ -64,12 +65,13 @@ pub struct Password(String);
 pub enum PasswordError {
     #[error("the password is empty")]
     Empty,
-    #[error("the password is longer than {MAX_PASSWORD_BYTES} bytes")]
+    #[error("the password is longer than {MAX_PASSWORD_CHARS} characters")]
     TooLong,
 }
 
 impl Password {
-    /// Accepts a non-empty password of at most [`MAX_PASSWORD_BYTES`] bytes.
+    /// Accepts a non-empty password of at most [`MAX_PASSWORD_CHARS`] characters, any characters
+    /// in any script.
     ///
     /// # Errors
     /// Returns the rule the input breaks.
@@ -77,7 +79,7 @@ impl Password {
         if input.is_empty() {
             return Err(PasswordError::Empty);
         }
-        if input.len() > MAX_PASSWORD_BYTES {
+        if input.chars().count() > MAX_PASSWORD_CHARS {
             return Err(PasswordError::TooLong);
         }
         Ok(Self(input.to_owned()))
@@ -119,17 +121,24 @@ mod tests {
     }
 
     #[test]
-    fn password_rules_count_bytes_not_characters() {
+    fn password_rules_count_characters_in_every_script() {
         assert!(Password::parse("p").is_ok());
         assert_eq!(Password::parse(""), Err(PasswordError::Empty));
-        assert!(Password::parse(&"a".repeat(72)).is_ok());
+        // One, two, three and four bytes per character.
+        for c in ["a", "ж", "密", "🦫"] {
+            for chars in [72, MAX_PASSWORD_CHARS] {
+                let password = Password::parse(&c.repeat(chars)).expect("at or under the limit");
+                assert_eq!(password.expose().chars().count(), chars, "{c}");
+            }
+            assert_eq!(
+                Password::parse(&c.repeat(MAX_PASSWORD_CHARS + 1)),
+                Err(PasswordError::TooLong),
+                "{c}"
+            );
+        }
+        // A combining sequence counts as its code points, as a client's `maxLength` does.
         assert_eq!(
-            Password::parse(&"a".repeat(73)),
-            Err(PasswordError::TooLong)
-        );
-        // 37 two-byte characters are 74 bytes.
-        assert_eq!(
-            Password::parse(&"я".repeat(37)),
+            Password::parse(&"и\u{306}".repeat(MAX_PASSWORD_CHARS / 2 + 1)),
             Err(PasswordError::TooLong)
         );
     }

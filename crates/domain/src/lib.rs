@@ -8,7 +8,9 @@ mod money;
 mod order;
 mod order_number;
 
-pub use credentials::{Login, LoginError, Password, PasswordError};
+pub use credentials::{
+    Login, LoginError, Password, PasswordError, MAX_LOGIN_CHARS, MAX_PASSWORD_CHARS,
+};
 pub use ledger::{Balance, Withdrawal};
 pub use money::{Money, MoneyError};
 pub use order::{AccrualStatus, Order, OrderStatus, UserId};

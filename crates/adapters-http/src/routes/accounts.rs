@@ -14,9 +14,9 @@ use utoipa::ToSchema;
 
 use crate::{
     auth::with_credentials,
-    openapi::{Internal, PayloadTooLarge, Unavailable},
     problem::{error_problem, log_chain, repository_status, Problem},
     routes::json::JsonObject,
+    schemas::{Internal, PayloadTooLarge, Unavailable},
     AppState,
 };
 
@@ -32,10 +32,11 @@ pub struct CredentialsBody {
         example = "alice"
     )]
     login: String,
-    /// 1 to 72 bytes.
+    /// 1 to 128 characters (Unicode code points, as `maxLength` counts them), any characters in
+    /// any script.
     #[schema(
         min_length = 1,
-        max_length = 72,
+        max_length = 128,
         example = "correct horse battery staple"
     )]
     password: String,

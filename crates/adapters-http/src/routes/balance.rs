@@ -9,13 +9,14 @@ use utoipa::ToSchema;
 
 use crate::{
     metrics::PointsWithdrawn,
-    openapi::{
-        money_schema, positive_money_schema, Internal, PayloadTooLarge, Unauthorized, Unavailable,
-    },
     problem::{error_problem, repository_status, Problem},
     routes::{
         json::{decimal, money, rfc3339, JsonObject},
         orders::ReadError,
+    },
+    schemas::{
+        money_schema, order_number_schema, positive_money_schema, Internal, PayloadTooLarge,
+        Unauthorized, Unavailable,
     },
     AppState, AuthenticatedUser,
 };
@@ -69,7 +70,7 @@ pub async fn balance(
 #[schema(example = json!({"order": "2377225624", "sum": 751}))]
 pub struct WithdrawBody {
     /// The number of the new order the points pay for (digits, valid Luhn checksum).
-    #[schema(example = "2377225624", pattern = "^[0-9]{1,64}$")]
+    #[schema(schema_with = order_number_schema)]
     order: String,
     /// Points to spend: greater than zero, at most two decimal places.
     #[schema(schema_with = positive_money_schema)]

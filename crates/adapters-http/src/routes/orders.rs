@@ -14,11 +14,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    openapi::{
-        money_schema, Internal, OrderNumberText, PayloadTooLarge, Unauthorized, Unavailable,
-    },
     problem::{error_problem, problem, repository_status, Problem},
     routes::json::{optional_money, rfc3339},
+    schemas::{
+        money_schema, Internal, OrderNumberText, PayloadTooLarge, Unauthorized, Unavailable,
+    },
     AppState, AuthenticatedUser,
 };
 
