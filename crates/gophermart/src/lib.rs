@@ -15,7 +15,7 @@ use adapters_postgres::{listen_for_queued_orders, run_migrations, PgPoolConfig, 
 use anyhow::Context;
 use application::{
     ports::clock::SystemClock,
-    use_cases::{LoginThrottle, ThrottleConfig},
+    use_cases::{LoginThrottle, Registrations, ThrottleConfig},
     worker::{AccrualWorker, WorkerConfig},
 };
 use secrecy::ExposeSecret;
@@ -104,6 +104,7 @@ impl Application {
                 max_failures_per_address: config.login_max_failures_per_address,
                 window: Duration::from_secs(config.login_throttle_window_seconds),
             })),
+            registrations: Arc::new(Registrations::new()),
             token_lifetime: config.token_ttl(),
             secure_cookie: config.cookie_secure,
         };
