@@ -5,6 +5,7 @@ Usage: bench/report.py RESULTS.json OUT.md
 """
 
 import json
+import statistics
 import sys
 
 LABELS = {
@@ -296,6 +297,13 @@ def report(r):
               f"with 503 (too many waiting for a hashing thread) out of {lg['requests']} "
               f"({lg['rps']:.0f} answers/s); latency of all answers p50 {lg['p50_ms']:.1f} ms, "
               f"p99 {lg['p99_ms']:.0f} ms; other errors {lg['errors'] - lg['refused']}.")
+        if "served_of_allowed" in lg:
+            w("")
+            w(f"The hasher allows {lg['allowed_per_second']:.2f} sign-ins per second "
+              f"({lg['hashing_threads']} hashing threads ÷ "
+              f"{statistics.median(lg['sign_in_alone_ms']):.0f} ms, the median of "
+              f"{len(lg['sign_in_alone_ms'])} sign-ins of one client alone just before the storm): "
+              f"served **{lg['served_of_allowed']:.2f}** of it.")
         w("")
 
     w("### Targets")

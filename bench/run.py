@@ -87,6 +87,7 @@ JWT_SECRET = "gophermart-benchmark-secret"
 STORM_USERS = 16
 STORM_LOGIN_CLIENTS = 64
 STORM_BALANCE_CLIENTS = 16
+STORM_HASH_SAMPLES = 7
 
 # The endpoints of the grid: wrk script, tokens set, pgbench script.
 ENDPOINTS = [
@@ -844,6 +845,27 @@ def drain(accrual, ids, results):
     psql(f"DELETE FROM orders WHERE number LIKE '{like}'")
 
 
+def sign_in_seconds(gm, login, count):
+    """Times `count` sign-ins of `login` one after the other (each one bcrypt verification)."""
+    body = json.dumps({"login": login, "password": "bench-password"}).encode()
+    times = []
+    for _ in range(count):
+        request = urllib.request.Request(gm.url + "/api/user/login", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        started = time.monotonic()
+        with urllib.request.urlopen(request) as response:
+            response.read()
+        times.append(time.monotonic() - started)
+    return times
+
+
+def hashing_threads():
+    """The service's bcrypt concurrency: --bcrypt-concurrency if given, else cores - 1."""
+    if "--bcrypt-concurrency" in EXTRA_FLAGS:
+        return int(EXTRA_FLAGS[EXTRA_FLAGS.index("--bcrypt-concurrency") + 1])
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 def storm(gm, tokens):
     """Balance reads alone, then during a login storm against gm. Returns the figures."""
     # Users whose hashes have the service's default cost (12), made by this instance (or signed
@@ -853,6 +875,7 @@ def storm(gm, tokens):
     loadgen("register", "--base", gm.url, "--prefix", "storm-", "--count", STORM_USERS,
             "--concurrency", 4, "--out", storm_tokens)
     register_seconds = time.monotonic() - started
+    hash_alone = sign_in_seconds(gm, "storm-0", STORM_HASH_SAMPLES)
     cpu = CpuMeter(gm.proc.pid)
     # The same warm-up as the endpoint grid's, so "alone" compares with its figures.
     run_wrk(gm.url, "balance.lua", STORM_BALANCE_CLIENTS, max(1, WARMUP), [tokens["read"]])
@@ -888,6 +911,14 @@ def storm(gm, tokens):
                                          / (raw["duration_us"] / 1e6))
     for result in (baseline, during):
         result["other_cores"] = round(other_cores(result), 3)
+    # What the hasher's concurrency allows: its threads, each one hash per (median) sign-in time
+    # of one client alone, measured just before the storm.
+    threads = hashing_threads()
+    login_result["hashing_threads"] = threads
+    login_result["sign_in_alone_ms"] = [round(t * 1000, 1) for t in hash_alone]
+    login_result["allowed_per_second"] = threads / statistics.median(hash_alone)
+    login_result["served_of_allowed"] = (login_result["served_per_second"]
+                                         / login_result["allowed_per_second"])
     log(f"storm: balance p99 {baseline['p99_ms']:.2f} ms alone, {during['p99_ms']:.2f} ms during "
         f"{login_result['rps']:.1f} logins/s")
     figures = {

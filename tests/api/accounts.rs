@@ -1,7 +1,7 @@
 //! Registration and sign-in: credentials handed out, and every malformed request refused
 //! with a problem body.
 
-use api_tests::{bearer, spawn_app, TestApp};
+use api_tests::{bearer, spawn_app, spawn_app_with, Options, TestApp};
 use reqwest::{header, Response};
 use serde_json::json;
 
@@ -55,6 +55,39 @@ async fn registering_a_taken_login_answers_409() {
     let response = app.register("alice", "another").await;
 
     assert_problem(response, 409).await;
+}
+
+/// At the production cost (12) with one hashing thread, so that twelve hashes could not all be
+/// served within the hasher's wait: the duplicates must not queue for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_simultaneous_registrations_of_one_login_give_one_200_and_eleven_409() {
+    let app = spawn_app_with(Options {
+        extra_args: vec![
+            "--bcrypt-cost".into(),
+            "12".into(),
+            "--bcrypt-concurrency".into(),
+            "1".into(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    // One sign-in first, so that the hasher knows how long a hash takes and sizes its queue.
+    assert_eq!(app.login("nobody", "password").await.status(), 401);
+
+    let answers = futures::future::join_all((0..12).map(|i| {
+        let app = &app;
+        async move { app.register("alice", &format!("password {i}")).await }
+    }))
+    .await;
+
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    let mut expected = vec![409; 11];
+    expected.insert(0, 200);
+    assert_eq!(statuses, expected);
+    for answer in answers.into_iter().filter(|r| r.status() == 409) {
+        assert_problem(answer, 409).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

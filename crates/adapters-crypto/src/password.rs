@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use application::ports::security::{HashingError, PasswordHash, PasswordHasher};
+use application::ports::security::{HashingError, HashingTurn, PasswordHash, PasswordHasher};
 use async_trait::async_trait;
 use domain::Password;
 use tokio::sync::Semaphore;
@@ -118,30 +118,46 @@ impl BcryptHasher {
         }
         Ok(Self { shared })
     }
+}
 
-    /// Runs `work` on a blocking thread when its turn comes, unless too many wait already.
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Shared) -> Result<T, bcrypt::BcryptError> + Send + 'static,
-    ) -> Result<T, HashingError> {
+/// A turn at a [`BcryptHasher`]: counted as waiting from when it is given until its work starts
+/// (or it is dropped unused).
+#[derive(Debug)]
+pub struct BcryptTurn {
+    waiting: Waiting,
+}
+
+impl BcryptHasher {
+    /// Admits a caller to the queue, unless too many wait already to be served within about
+    /// [`MAX_WAIT`].
+    fn take_turn(&self) -> Result<BcryptTurn, HashingError> {
         let limit = self.shared.waiting_limit();
-        let waiting = Waiting::enter(&self.shared.waiting);
+        let waiting = Waiting::enter(self.shared.clone());
         if waiting.ahead >= limit {
             return Err(HashingError::Busy {
                 retry_after: BUSY_RETRY_AFTER,
             });
         }
+        Ok(BcryptTurn { waiting })
+    }
+}
+
+impl BcryptTurn {
+    /// Runs `work` on a blocking thread once a place is free.
+    async fn run<T: Send + 'static>(
+        self,
+        work: impl FnOnce(&Shared) -> Result<T, bcrypt::BcryptError> + Send + 'static,
+    ) -> Result<T, HashingError> {
+        let shared = self.waiting.shared.clone();
         // The permit goes with the work: a caller that leaves after this point does not free
         // a place while its hash still runs.
-        let permit = self
-            .shared
+        let permit = shared
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| HashingError::Failed(Box::new(e)))?;
-        drop(waiting);
-        let shared = self.shared.clone();
+        drop(self.waiting);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             shared.timed(work)
@@ -152,23 +168,24 @@ impl BcryptHasher {
     }
 }
 
-/// A sign-in counted as waiting for its turn while this lives.
-struct Waiting<'a> {
-    count: &'a AtomicUsize,
+/// A turn counted as waiting for a place while this lives.
+#[derive(Debug)]
+struct Waiting {
+    shared: Arc<Shared>,
     /// How many were waiting before this one.
     ahead: usize,
 }
 
-impl<'a> Waiting<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
-        let ahead = count.fetch_add(1, Ordering::AcqRel);
-        Self { count, ahead }
+impl Waiting {
+    fn enter(shared: Arc<Shared>) -> Self {
+        let ahead = shared.waiting.fetch_add(1, Ordering::AcqRel);
+        Self { shared, ahead }
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -226,9 +243,15 @@ pub fn default_concurrency() -> usize {
         .max(1)
 }
 
-#[async_trait]
 impl PasswordHasher for BcryptHasher {
-    async fn hash(&self, password: &Password) -> Result<PasswordHash, HashingError> {
+    fn turn(&self) -> Result<Box<dyn HashingTurn>, HashingError> {
+        Ok(Box::new(self.take_turn()?))
+    }
+}
+
+#[async_trait]
+impl HashingTurn for BcryptTurn {
+    async fn hash(self: Box<Self>, password: &Password) -> Result<PasswordHash, HashingError> {
         let clear = password.expose().to_owned();
         self.run(move |shared| password_format::hash(&clear, shared.cost))
             .await
@@ -236,7 +259,7 @@ impl PasswordHasher for BcryptHasher {
     }
 
     async fn verify(
-        &self,
+        self: Box<Self>,
         password: &Password,
         hash: Option<PasswordHash>,
     ) -> Result<bool, HashingError> {
@@ -258,6 +281,21 @@ mod tests {
 
     fn password(text: &str) -> Password {
         Password::parse(text).expect("valid password")
+    }
+
+    /// A turn taken and spent at once, as most tests need.
+    impl BcryptHasher {
+        async fn hash(&self, password: &Password) -> Result<PasswordHash, HashingError> {
+            self.turn()?.hash(password).await
+        }
+
+        async fn verify(
+            &self,
+            password: &Password,
+            hash: Option<PasswordHash>,
+        ) -> Result<bool, HashingError> {
+            self.turn()?.verify(password, hash).await
+        }
     }
 
     #[tokio::test]
@@ -365,6 +403,20 @@ mod tests {
                 .expect("task")
                 .expect("the waiting ones are served"));
         }
+    }
+
+    #[tokio::test]
+    async fn a_turn_is_refused_at_once_and_one_given_up_unused_frees_its_place() {
+        let hasher = hasher(1, 1).await;
+        let release = hold_a_thread(&hasher);
+        let first = hasher.turn().expect("admitted");
+
+        assert!(matches!(hasher.turn(), Err(HashingError::Busy { .. })));
+        drop(first);
+        let second = hasher.turn().expect("the place given up is free again");
+        drop(release);
+        assert!(!second.verify(&password("p"), None).await.expect("served"));
+        assert_eq!(hasher.shared.waiting.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use application::ports::{
     clock::Clock, ledger::LedgerRepository, orders::OrderRepository, security::PasswordHasher,
     security::TokenService, users::UserRepository,
 };
-use application::use_cases::LoginThrottle;
+use application::use_cases::{LoginThrottle, Registrations};
 
 /// The handlers' shared state.
 #[derive(Clone)]
@@ -19,6 +19,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Refuses sign-ins after too many failures.
     pub throttle: Arc<LoginThrottle>,
+    /// The sign-ups in progress, so that simultaneous ones of one login cost one hash.
+    pub registrations: Arc<Registrations>,
     /// How long an issued token stays valid (also the cookie's `Max-Age`).
     pub token_lifetime: Duration,
     /// Whether the session cookie carries the `Secure` flag (set when served over TLS).

@@ -18,7 +18,7 @@ use adapters_postgres::{
 use anyhow::Context;
 use application::{
     ports::clock::SystemClock,
-    use_cases::{LoginThrottle, ThrottleConfig},
+    use_cases::{LoginThrottle, Registrations, ThrottleConfig},
     worker::{AccrualWorker, RateGate, WorkerConfig},
 };
 use secrecy::ExposeSecret;
@@ -107,6 +107,7 @@ impl Application {
                 max_failures_per_address: config.login_max_failures_per_address,
                 window: Duration::from_secs(config.login_throttle_window_seconds),
             })),
+            registrations: Arc::new(Registrations::new()),
             token_lifetime: config.token_ttl(),
             secure_cookie: config.cookie_secure,
         };

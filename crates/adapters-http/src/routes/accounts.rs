@@ -163,6 +163,7 @@ pub async fn register(
         state.users.as_ref(),
         state.hasher.as_ref(),
         state.tokens.as_ref(),
+        &state.registrations,
         &login,
         &password,
     )

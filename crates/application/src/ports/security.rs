@@ -27,15 +27,29 @@ pub enum HashingError {
     Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Hashes and verifies passwords. Implementations run the slow work off the async threads.
+/// Hashes and verifies passwords, a turn at a time. A caller first takes a turn, which decides
+/// at once whether the hasher can serve it soon, and does its other work (reading the stored
+/// hash) only once admitted: a refused caller costs nothing else. Implementations run the slow
+/// work off the async threads.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait PasswordHasher: Send + Sync {
+    /// Takes a turn at the hasher, without waiting: the turn then waits for a free place when
+    /// its hash or check is asked for. A turn given up unused frees its place.
+    ///
+    /// # Errors
+    /// [`HashingError::Busy`] when too many turns wait already to be served soon.
+    fn turn(&self) -> Result<Box<dyn HashingTurn>, HashingError>;
+}
+
+/// An admitted turn at the hasher, spent on one hash or one check.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
-pub trait PasswordHasher: Send + Sync {
+pub trait HashingTurn: Send {
     /// Hashes a new password.
     ///
     /// # Errors
     /// [`HashingError`] when the hasher fails.
-    async fn hash(&self, password: &Password) -> Result<PasswordHash, HashingError>;
+    async fn hash(self: Box<Self>, password: &Password) -> Result<PasswordHash, HashingError>;
 
     /// Checks a password against a stored hash; `None` checks it against a dummy hash of the same
     /// cost, so an unknown login takes as long as a wrong password, and answers `false`.
@@ -43,7 +57,7 @@ pub trait PasswordHasher: Send + Sync {
     /// # Errors
     /// [`HashingError`] when the hasher fails.
     async fn verify(
-        &self,
+        self: Box<Self>,
         password: &Password,
         hash: Option<PasswordHash>,
     ) -> Result<bool, HashingError>;

@@ -1,8 +1,9 @@
 //! Registering and signing in.
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr, sync::Mutex};
 
 use domain::{Login, Password};
+use tokio::sync::watch;
 
 use super::LoginThrottle;
 
@@ -36,19 +37,96 @@ pub enum LogInError {
     Repository(#[from] RepositoryError),
 }
 
-/// Registers a customer with an empty account and signs them in.
+/// The registrations in progress in this process, by login. A sign-up of a login that is being
+/// registered waits for that registration to end and then looks the login up, instead of
+/// hashing a password for a login about to be taken; simultaneous sign-ups of one login thus
+/// cost one hash. Across instances the database's unique login settles a race.
+#[derive(Debug, Default)]
+pub struct Registrations {
+    /// Each in-progress registration's login, and a receiver that ends when it does.
+    in_progress: Mutex<HashMap<String, watch::Receiver<()>>>,
+}
+
+/// The claim of one registration on its login; the next waiting sign-up goes on when it is
+/// dropped.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    registrations: &'a Registrations,
+    login: String,
+    /// Dropped after the login leaves the map, which wakes the sign-ups waiting for it.
+    _done: watch::Sender<()>,
+}
+
+impl Registrations {
+    /// No registration in progress.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<()>>> {
+        self.in_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims `login` for one registration, waiting while another registration of it runs in
+    /// this process.
+    pub async fn claim(&self, login: &Login) -> Claim<'_> {
+        loop {
+            let mut running = {
+                let mut in_progress = self.lock();
+                if let Some(running) = in_progress.get(login.as_str()) {
+                    running.clone()
+                } else {
+                    let (done, running) = watch::channel(());
+                    in_progress.insert(login.as_str().to_owned(), running);
+                    return Claim {
+                        registrations: self,
+                        login: login.as_str().to_owned(),
+                        _done: done,
+                    };
+                }
+            };
+            // Nothing is ever sent: this ends when the running registration's claim is dropped.
+            while running.changed().await.is_ok() {}
+        }
+    }
+
+    /// How many logins are being registered (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.registrations.lock().remove(&self.login);
+    }
+}
+
+/// Registers a customer with an empty account and signs them in. A login that is taken, or
+/// that another sign-up in this process is registering, costs no hash: the sign-up waits for
+/// that one and then finds the login taken.
 ///
 /// # Errors
-/// [`RegisterError::LoginTaken`] when the login exists; infrastructure failures otherwise.
+/// [`RegisterError::LoginTaken`] when the login exists; [`HashingError::Busy`] when the hasher
+/// cannot take the new customer soon; infrastructure failures otherwise.
 #[tracing::instrument(skip_all, fields(login = %login))]
 pub async fn register(
     users: &dyn UserRepository,
     hasher: &dyn PasswordHasher,
     tokens: &dyn TokenService,
+    registrations: &Registrations,
     login: &Login,
     password: &Password,
 ) -> Result<Token, RegisterError> {
-    let hash = hasher.hash(password).await?;
+    let _claim = registrations.claim(login).await;
+    if users.find_by_login(login).await?.is_some() {
+        return Err(RegisterError::LoginTaken);
+    }
+    let hash = hasher.turn()?.hash(password).await?;
     let user = users.create(login, &hash).await.map_err(|e| match e {
         CreateUserError::LoginTaken => RegisterError::LoginTaken,
         CreateUserError::Repository(e) => RegisterError::Repository(e),
@@ -57,12 +135,15 @@ pub async fn register(
     Ok(tokens.issue(user)?)
 }
 
-/// Signs a customer in. An unknown login costs the same hashing time as a wrong password;
-/// too many failures for one login or from one address are refused before any hashing.
+/// Signs a customer in. An unknown login costs the same hashing time as a wrong password.
+/// Admission comes first and costs no database work: too many failures for one login or from
+/// one address are refused, then a turn at the hasher is taken (refused at once when the hasher
+/// cannot serve it soon), and only then is the stored hash read.
 ///
 /// # Errors
 /// [`LogInError::InvalidCredentials`] for an unknown login or a wrong password,
-/// [`LogInError::Throttled`] while the throttle refuses attempts.
+/// [`LogInError::Throttled`] while the throttle refuses attempts, [`HashingError::Busy`] when
+/// the hasher cannot take the sign-in soon.
 #[tracing::instrument(skip_all, fields(login = %login))]
 pub async fn log_in(
     users: &dyn UserRepository,
@@ -76,8 +157,9 @@ pub async fn log_in(
     throttle
         .check(login.as_str(), client)
         .map_err(|retry_after| LogInError::Throttled { retry_after })?;
+    let turn = hasher.turn()?;
     let stored = users.find_by_login(login).await?;
-    let matches = hasher
+    let matches = turn
         .verify(password, stored.as_ref().map(|s| s.password_hash.clone()))
         .await?;
     match stored {
@@ -95,12 +177,14 @@ pub async fn log_in(
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::Arc, time::Duration};
+
     use domain::UserId;
     use mockall::predicate::eq;
 
     use super::*;
     use crate::ports::{
-        security::{MockPasswordHasher, MockTokenService, PasswordHash},
+        security::{MockHashingTurn, MockPasswordHasher, MockTokenService, PasswordHash},
         users::{MockUserRepository, StoredCredentials},
     };
 
@@ -116,12 +200,19 @@ mod tests {
         LoginThrottle::new(super::super::ThrottleConfig {
             max_failures_per_login: 0,
             max_failures_per_address: 0,
-            window: std::time::Duration::from_secs(60),
+            window: Duration::from_secs(60),
         })
     }
 
     fn hash() -> PasswordHash {
         PasswordHash("$2b$04$hash".into())
+    }
+
+    fn stored() -> Option<StoredCredentials> {
+        Some(StoredCredentials {
+            id: UserId(3),
+            password_hash: hash(),
+        })
     }
 
     fn issuing_tokens() -> MockTokenService {
@@ -132,49 +223,172 @@ mod tests {
         tokens
     }
 
-    #[tokio::test]
-    async fn register_stores_the_hash_and_signs_the_user_in() {
+    /// A hasher whose every turn hashes to [`hash`].
+    fn hashing() -> MockPasswordHasher {
         let mut hasher = MockPasswordHasher::new();
-        hasher.expect_hash().returning(|_| Ok(hash()));
-        let mut users = MockUserRepository::new();
+        hasher.expect_turn().times(1).returning(|| {
+            let mut turn = MockHashingTurn::new();
+            turn.expect_hash().times(1).returning(|_| Ok(hash()));
+            Ok(Box::new(turn))
+        });
+        hasher
+    }
+
+    /// A hasher whose turns check passwords with `check` (given the stored hash, if any).
+    fn verifying(
+        times: usize,
+        check: impl Fn(Option<PasswordHash>) -> bool + Clone + Send + 'static,
+    ) -> MockPasswordHasher {
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_turn().times(times).returning(move || {
+            let check = check.clone();
+            let mut turn = MockHashingTurn::new();
+            turn.expect_verify()
+                .times(1)
+                .returning(move |_, stored| Ok(check(stored)));
+            Ok(Box::new(turn))
+        });
+        hasher
+    }
+
+    /// A hasher that refuses every turn as busy.
+    fn busy() -> MockPasswordHasher {
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_turn().times(1).returning(|| {
+            Err(HashingError::Busy {
+                retry_after: Duration::from_secs(1),
+            })
+        });
+        hasher
+    }
+
+    fn free_login(users: &mut MockUserRepository) {
         users
-            .expect_create()
-            .with(eq(login()), eq(hash()))
-            .returning(|_, _| Ok(UserId(7)));
-
-        let token = register(&users, &hasher, &issuing_tokens(), &login(), &password()).await;
-
-        assert_eq!(token.expect("registered"), Token("token-7".into()));
+            .expect_find_by_login()
+            .with(eq(login()))
+            .times(1)
+            .returning(|_| Ok(None));
     }
 
     #[tokio::test]
-    async fn register_reports_a_taken_login() {
-        let mut hasher = MockPasswordHasher::new();
-        hasher.expect_hash().returning(|_| Ok(hash()));
+    async fn register_stores_the_hash_and_signs_the_user_in() {
         let mut users = MockUserRepository::new();
+        free_login(&mut users);
+        users
+            .expect_create()
+            .with(eq(login()), eq(hash()))
+            .times(1)
+            .returning(|_, _| Ok(UserId(7)));
+        let registrations = Registrations::new();
+
+        let token = register(
+            &users,
+            &hashing(),
+            &issuing_tokens(),
+            &registrations,
+            &login(),
+            &password(),
+        )
+        .await;
+
+        assert_eq!(token.expect("registered"), Token("token-7".into()));
+        assert_eq!(
+            registrations.len(),
+            0,
+            "the claim ends with the registration"
+        );
+    }
+
+    #[tokio::test]
+    async fn register_of_a_taken_login_costs_one_lookup_and_no_hash() {
+        let mut users = MockUserRepository::new();
+        users
+            .expect_find_by_login()
+            .times(1)
+            .returning(|_| Ok(stored()));
+        users.expect_create().never();
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_turn().never();
+        let mut tokens = MockTokenService::new();
+        tokens.expect_issue().never();
+
+        let result = register(
+            &users,
+            &hasher,
+            &tokens,
+            &Registrations::new(),
+            &login(),
+            &password(),
+        )
+        .await;
+
+        assert!(matches!(result, Err(RegisterError::LoginTaken)));
+    }
+
+    #[tokio::test]
+    async fn register_reports_a_login_taken_meanwhile_by_another_instance() {
+        let mut users = MockUserRepository::new();
+        free_login(&mut users);
         users
             .expect_create()
             .returning(|_, _| Err(CreateUserError::LoginTaken));
         let mut tokens = MockTokenService::new();
         tokens.expect_issue().never();
 
-        let result = register(&users, &hasher, &tokens, &login(), &password()).await;
+        let result = register(
+            &users,
+            &hashing(),
+            &tokens,
+            &Registrations::new(),
+            &login(),
+            &password(),
+        )
+        .await;
 
         assert!(matches!(result, Err(RegisterError::LoginTaken)));
     }
 
     #[tokio::test]
-    async fn register_passes_storage_failures_through() {
-        let mut hasher = MockPasswordHasher::new();
-        hasher.expect_hash().returning(|_| Ok(hash()));
+    async fn register_passes_a_busy_hasher_through_without_creating() {
         let mut users = MockUserRepository::new();
+        free_login(&mut users);
+        users.expect_create().never();
+
+        let result = register(
+            &users,
+            &busy(),
+            &issuing_tokens(),
+            &Registrations::new(),
+            &login(),
+            &password(),
+        )
+        .await;
+
+        assert!(matches!(
+            result,
+            Err(RegisterError::Hashing(HashingError::Busy { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn register_passes_storage_failures_through() {
+        let mut users = MockUserRepository::new();
+        free_login(&mut users);
         users.expect_create().returning(|_, _| {
             Err(CreateUserError::Repository(RepositoryError::Unavailable(
                 "down".into(),
             )))
         });
 
-        let result = register(&users, &hasher, &issuing_tokens(), &login(), &password()).await;
+        let result = register(
+            &users,
+            &hashing(),
+            &issuing_tokens(),
+            &Registrations::new(),
+            &login(),
+            &password(),
+        )
+        .await;
 
         assert!(matches!(
             result,
@@ -182,20 +396,52 @@ mod tests {
         ));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_second_claim_of_a_login_waits_for_the_first_to_end() {
+        let registrations = Arc::new(Registrations::new());
+        let first = registrations.claim(&login()).await;
+        let second = {
+            let registrations = registrations.clone();
+            tokio::spawn(async move {
+                let _claim = registrations.claim(&login()).await;
+            })
+        };
+        let other = registrations
+            .claim(&Login::parse("another").expect("valid"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        assert!(!second.is_finished(), "the login is being registered");
+        drop(other);
+        drop(first);
+        second.await.expect("claimed once the first ended");
+        assert_eq!(registrations.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_abandoned_while_waiting_leaves_nothing_behind() {
+        let registrations = Arc::new(Registrations::new());
+        let first = registrations.claim(&login()).await;
+        let waiting = {
+            let registrations = registrations.clone();
+            tokio::spawn(async move {
+                let _claim = registrations.claim(&login()).await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        drop(first);
+
+        assert_eq!(registrations.len(), 0);
+        drop(registrations.claim(&login()).await);
+    }
+
     #[tokio::test]
     async fn log_in_issues_a_token_for_the_right_password() {
         let mut users = MockUserRepository::new();
-        users.expect_find_by_login().returning(|_| {
-            Ok(Some(StoredCredentials {
-                id: UserId(3),
-                password_hash: hash(),
-            }))
-        });
-        let mut hasher = MockPasswordHasher::new();
-        hasher
-            .expect_verify()
-            .withf(|_, h| h == &Some(hash()))
-            .returning(|_, _| Ok(true));
+        users.expect_find_by_login().returning(|_| Ok(stored()));
+        let hasher = verifying(1, |stored| stored == Some(hash()));
 
         let token = log_in(
             &users,
@@ -214,20 +460,13 @@ mod tests {
     #[tokio::test]
     async fn log_in_refuses_a_wrong_password() {
         let mut users = MockUserRepository::new();
-        users.expect_find_by_login().returning(|_| {
-            Ok(Some(StoredCredentials {
-                id: UserId(3),
-                password_hash: hash(),
-            }))
-        });
-        let mut hasher = MockPasswordHasher::new();
-        hasher.expect_verify().returning(|_, _| Ok(false));
+        users.expect_find_by_login().returning(|_| Ok(stored()));
         let mut tokens = MockTokenService::new();
         tokens.expect_issue().never();
 
         let result = log_in(
             &users,
-            &hasher,
+            &verifying(1, |_| false),
             &tokens,
             &no_throttle(),
             None,
@@ -243,12 +482,8 @@ mod tests {
     async fn log_in_spends_a_hash_check_on_an_unknown_login_and_refuses_it() {
         let mut users = MockUserRepository::new();
         users.expect_find_by_login().returning(|_| Ok(None));
-        let mut hasher = MockPasswordHasher::new();
-        hasher
-            .expect_verify()
-            .withf(|_, h| h.is_none())
-            .times(1)
-            .returning(|_, _| Ok(true));
+        // The dummy check is asked for (with no stored hash), whatever it answers.
+        let hasher = verifying(1, |stored| stored.is_none());
         let mut tokens = MockTokenService::new();
         tokens.expect_issue().never();
 
@@ -267,19 +502,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn log_in_is_refused_without_hashing_once_a_login_is_throttled() {
+    async fn a_sign_in_the_hasher_cannot_take_costs_no_database_query() {
+        let mut users = MockUserRepository::new();
+        users.expect_find_by_login().never();
+        let mut tokens = MockTokenService::new();
+        tokens.expect_issue().never();
+
+        let result = log_in(
+            &users,
+            &busy(),
+            &tokens,
+            &no_throttle(),
+            None,
+            &login(),
+            &password(),
+        )
+        .await;
+
+        assert!(matches!(
+            result,
+            Err(LogInError::Hashing(HashingError::Busy { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn log_in_is_refused_without_hashing_or_a_query_once_a_login_is_throttled() {
         let throttle = LoginThrottle::new(super::super::ThrottleConfig {
             max_failures_per_login: 2,
             max_failures_per_address: 0,
-            window: std::time::Duration::from_secs(60),
+            window: Duration::from_secs(60),
         });
         let mut users = MockUserRepository::new();
         users
             .expect_find_by_login()
             .times(2)
             .returning(|_| Ok(None));
-        let mut hasher = MockPasswordHasher::new();
-        hasher.expect_verify().times(2).returning(|_, _| Ok(false));
+        let hasher = verifying(2, |_| false);
         let tokens = MockTokenService::new();
 
         for _ in 0..2 {

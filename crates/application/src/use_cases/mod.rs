@@ -5,7 +5,7 @@ mod ledger;
 mod orders;
 mod throttle;
 
-pub use accounts::{log_in, register, LogInError, RegisterError};
+pub use accounts::{log_in, register, Claim, LogInError, RegisterError, Registrations};
 pub use ledger::{balance, withdraw, withdrawals, WithdrawError, Withdrawn};
 pub use orders::{list_orders, upload_order, UploadOrderError, Uploaded};
 pub use throttle::{LoginThrottle, ThrottleConfig};
