@@ -4,6 +4,7 @@
 //! pool of diesel-async connections. SQL lives only in this crate, and no diesel type leaves
 //! it: failures are translated into the application's error enums.
 
+mod connection;
 mod error;
 mod ledger;
 mod listener;
@@ -16,9 +17,14 @@ mod queue;
 mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testing_pooler;
 mod users;
 
+pub use connection::{DbConnection, StatementMode};
 pub use listener::{listen_for_queued_orders, ANNOUNCE_INTERVAL, QUEUE_CHANNEL};
-pub use migrations::{pending_migrations, run_migrations, MigrationError, MIGRATIONS};
+pub use migrations::{
+    pending_migrations, run_migrations, run_migrations_in, MigrationError, MIGRATIONS,
+};
 pub use pool::{PgPool, PgPoolConfig, PgStore, PoolStatus};
 pub use queue::QueueDepth;
