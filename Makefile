@@ -41,7 +41,7 @@ unit-tests:
 
 test: check-tools fmt-check lint unit-tests pooled-tests test-browser-if-available fuzz-short
 
-# The end-to-end tests again through PgBouncer in transaction pooling mode (two server
+# The end-to-end tests again through PgBouncer in transaction pooling mode (four server
 # connections per database, fewer than the instances' clients), with unnamed statements:
 # the customer story, the accrual flow with three instances, a short chaos run, PgBouncer
 # killed and restarted mid-workload, and no named statement left on the server.

@@ -14,6 +14,7 @@ pooler: the experiment before unnamed statements existed).
 import collections
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -132,7 +133,9 @@ def main():
         accrual.terminate()
         accrual.wait(timeout=30)
     log.close()
-    errors = [l for l in open(log.name, encoding="utf-8", errors="replace") if " ERROR " in l or " WARN " in l]
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    lines = (ansi.sub("", l) for l in open(log.name, encoding="utf-8", errors="replace"))
+    errors = [l for l in lines if re.search(r"\b(ERROR|WARN)\b", l)]
     os.unlink(log.name)
     total = sum(counts.values())
     expected = {"register": {200}, "upload": {202}, "balance": {200}, "orders": {200}}

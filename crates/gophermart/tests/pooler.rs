@@ -108,7 +108,10 @@ async fn killing_the_pooler_answers_503_fast_and_loses_or_doubles_nothing() {
     }
 
     assert_eq!(during.status(), 503, "a request while PgBouncer is gone");
-    assert!(during_in < Duration::from_secs(3), "answered after {during_in:?}");
+    assert!(
+        during_in < Duration::from_secs(3),
+        "answered after {during_in:?}"
+    );
     assert_eq!(ready_during, 503);
     let answers = answers.lock().expect("lock").clone();
     for (status, took) in &answers {
