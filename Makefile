@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short
+.PHONY: pooled-tests pooler-experiment run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short
 
 help:
 	@echo "make run    - PostgreSQL (throwaway unless DATABASE_URI is set), accrual on :8081, gophermart on :8080"
@@ -39,7 +39,23 @@ lint:
 unit-tests:
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast
 
-test: check-tools fmt-check lint unit-tests test-browser-tmp fuzz-short
+test: check-tools fmt-check lint unit-tests pooled-tests test-browser-tmp fuzz-short
+
+# The end-to-end tests again through PgBouncer in transaction pooling mode (four server
+# connections per database, fewer than the instances' clients), with unnamed statements:
+# the customer story, the accrual flow with three instances, a short chaos run, PgBouncer
+# killed and restarted mid-workload, and no named statement left on the server.
+pooled-tests:
+	GOPHERMART_E2E_POOLER=1 PGBOUNCER_POOL_SIZE=4 scripts/with-postgres.sh scripts/with-pgbouncer.sh bash -c '\
+		$(CARGO) test -p adapters-postgres --lib connection:: && \
+		$(CARGO) test -p gophermart --test accrual_flow --test chaos --test pooler && \
+		$(CARGO) test -p api-tests --test api smoke'
+
+# The operator's experiment: one release instance through PgBouncer (default_pool_size = 4),
+# 12 customers, 192 requests; fails on any error. PREPARED=true repeats it with prepared
+# statements.
+pooler-experiment: build
+	PGBOUNCER_POOL_SIZE=4 scripts/with-postgres.sh scripts/with-pgbouncer.sh python3 scripts/pooler-experiment.py
 
 # The API page in headless Chromium, refreshing docs/screenshots/swagger-ui.png; `make test`
 # runs it with its screenshot in /tmp. Either installs Debian's chromium, nodejs and npm when

@@ -70,4 +70,7 @@ if [[ -n "${BENCH_BASELINE:-}" ]]; then
 fi
 
 echo "bench: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores before the run" >&2
-exec env -u DATABASE_URI scripts/with-postgres.sh python3 bench/run.py
+# PgBouncer (transaction pooling) in front of it for the "pooler" phase, with fewer server
+# connections (BENCH_PGBOUNCER_POOL_SIZE, 8) than the service's pool (16).
+export PGBOUNCER_POOL_SIZE="${BENCH_PGBOUNCER_POOL_SIZE:-8}"
+exec env -u DATABASE_URI scripts/with-postgres.sh scripts/with-pgbouncer.sh python3 bench/run.py

@@ -115,6 +115,35 @@ def before_and_after(r):
     return out
 
 
+def pooler_section(r):
+    """The section "Through PgBouncer (same run)", from results["pooler"]."""
+    p = r["pooler"]
+    out = []
+    w = out.append
+    w("## Through PgBouncer (same run)")
+    w("")
+    w(f"Each endpoint with a fresh service per run, in turn: direct with prepared statements (the default), "
+      f"direct with unnamed statements (`DATABASE_PREPARED_STATEMENTS=false`), and through PgBouncer in "
+      f"transaction pooling mode (default_pool_size {p.get('pgbouncer_pool_size') or '?'}, the service's pool 16) "
+      f"with unnamed statements; {p['rounds']} runs each, the mean kept. CPU is milliseconds per request, "
+      f"gophermart / PostgreSQL. \"unnamed cost\" is the unnamed mode's PostgreSQL CPU per request over the "
+      f"prepared mode's, direct (target: at most 1.20).")
+    w("")
+    w("| endpoint | clients | prepared req/s | unnamed req/s | PgBouncer req/s | p99 prepared / unnamed / PgBouncer | CPU prepared | CPU unnamed | CPU PgBouncer | unnamed cost | errors |")
+    w("|---|---:|---:|---:|---:|---|---|---|---|---:|---:|")
+    for name in ORDER:
+        for point in p["endpoints"].get(name, []):
+            a, b, c = point["prepared"], point["unnamed"], point["pgbouncer"]
+            pa, pb = cpu_per_request(a, "postgres"), cpu_per_request(b, "postgres")
+            cost = pb / pa if pa and pb else None
+            cpu = lambda x: f"{fmt(cpu_per_request(x, 'gophermart'), 3)} / {fmt(cpu_per_request(x, 'postgres'), 3)}"
+            w(f"| {LABELS[name]} | {point['clients']} | {fmt(a['rps'], 0)} | {fmt(b['rps'], 0)} | {fmt(c['rps'], 0)} | "
+              f"{fmt(a['p99_ms'], 2)} / {fmt(b['p99_ms'], 2)} / {fmt(c['p99_ms'], 2)} | {cpu(a)} | {cpu(b)} | {cpu(c)} | "
+              f"{fmt(cost, 2)} {mark(cost is not None and cost <= 1.2)} | {a['errors']} / {b['errors']} / {c['errors']} |")
+    w("")
+    return out
+
+
 def report(r):
     m = r["machine"]
     s = r["settings"]
@@ -214,6 +243,9 @@ def report(r):
 
     if r.get("baseline"):
         out.extend(before_and_after(r))
+
+    if r.get("pooler"):
+        out.extend(pooler_section(r))
 
     if "mixed" in r:
         mx = r["mixed"]

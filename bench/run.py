@@ -30,7 +30,7 @@ BENCH_RATE_INSTANCES (3, sharing the limit), BENCH_STORM_SECONDS (10), BENCH_MIX
 BENCH_PIPELINE_COUNT (500), BENCH_USERS (per set, 1000), BENCH_BIN_DIR (target/release),
 BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gophermart, the
 baseline's included), BENCH_SKIP (comma-separated phases to skip: grid, baseline, ceiling,
-mixed, pipeline, storm, drain, ratelimit; storm leaves out the baseline's storms too),
+mixed, pipeline, storm, drain, ratelimit, pooler; storm leaves out the baseline's storms too),
 BENCH_DRAIN_COUNT (the drain phase's backlog, 50000).
 Before and after: BENCH_BASELINE_BIN_DIR (the baseline build's binaries; only its gophermart
 is used), BENCH_BASELINE_LABEL (its name in the report; default the folder),
@@ -83,6 +83,12 @@ BASELINE_ROUNDS = int(os.environ.get("BENCH_BASELINE_ROUNDS", "2"))
 BASELINE = BASELINE_BIN is not None and "baseline" not in SKIP
 # Extra flags for every gophermart started (experiments: "--http-workers 1", ...).
 EXTRA_FLAGS = os.environ.get("BENCH_GOPHERMART_FLAGS", "").split()
+# Phase "pooler": every endpoint direct with prepared statements, direct with unnamed ones, and
+# through PgBouncer (transaction pooling, scripts/with-pgbouncer.sh) with unnamed ones.
+POOLER_DB = os.environ.get("DATABASE_POOLER_URI")
+POOLER_LEVELS = [int(x) for x in os.environ.get("BENCH_POOLER_LEVELS", "16,64").split(",")]
+POOLER_ROUNDS = int(os.environ.get("BENCH_POOLER_ROUNDS", "2"))
+POOLER_PREFIXES = {"upload": "9", "withdraw": "1"}
 JWT_SECRET = "gophermart-benchmark-secret"
 STORM_USERS = 16
 STORM_LOGIN_CLIENTS = 64
@@ -349,12 +355,13 @@ class Accrual:
 class Gophermart:
     """A gophermart started from bin_dir (the current build's, or the baseline's), ready."""
 
-    def __init__(self, accrual_url, bcrypt_cost=12, log_name="gophermart", extra=(), bin_dir=BIN):
+    def __init__(self, accrual_url, bcrypt_cost=12, log_name="gophermart", extra=(), bin_dir=BIN,
+                 db=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(OUT, f"{log_name}.log"), "a")
         self.args = [os.path.join(bin_dir, "gophermart"), "-a", f"127.0.0.1:{self.port}",
-                     "-d", DB, "-r", accrual_url, "--jwt-secret", JWT_SECRET,
+                     "-d", db or DB, "-r", accrual_url, "--jwt-secret", JWT_SECRET,
                      "--bcrypt-cost", str(bcrypt_cost), *EXTRA_FLAGS, *extra]
         started = time.monotonic()
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=self.log)
@@ -694,6 +701,44 @@ def baseline_phase(accrual, tokens, results):
             finally:
                 gm.stop()
     results["baseline"] = out
+
+
+def pooler_phase(accrual, tokens, results):
+    """Every endpoint in three ways, on the same database, users and accrual system: direct with
+    prepared statements (the default), direct with unnamed statements, and through PgBouncer
+    with unnamed statements. They take turns, a fresh service for each run, as in the baseline
+    phase; per way, the mean of its runs is kept."""
+    unnamed = ["--database-prepared-statements", "false"]
+    ways = {
+        "prepared": (DB, []),
+        "unnamed": (DB, unnamed),
+        "pgbouncer": (POOLER_DB, unnamed + ["--database-listen-uri", DB]),
+    }
+    out = {"levels": POOLER_LEVELS, "rounds": POOLER_ROUNDS, "kept": "mean",
+           "pgbouncer_pool_size": os.environ.get("PGBOUNCER_POOL_SIZE"), "endpoints": {}}
+    tag = 0
+    for clients in POOLER_LEVELS:
+        for endpoint in ENDPOINTS:
+            name = endpoint[0]
+            runs = []
+            for _ in range(POOLER_ROUNDS):
+                for way, (db, extra) in ways.items():
+                    gm = Gophermart(accrual.url, log_name=f"gophermart-{way}", extra=extra, db=db)
+                    try:
+                        result = endpoint_point(gm, accrual, tokens, endpoint, clients, tag,
+                                                POOLER_PREFIXES, retry=False)
+                        wait_queue_empty(60)
+                    finally:
+                        gm.stop()
+                    tag += 1
+                    result["way"] = way
+                    runs.append(result)
+                    log_point(f"{name:8} c={clients:<3} {way:9}", result)
+            point = {"clients": clients, "runs": runs}
+            for way in ways:
+                point[way] = mean_of_runs([r for r in runs if r["way"] == way])
+            out["endpoints"].setdefault(name, []).append(point)
+    results["pooler"] = out
 
 
 def wait_queue_empty(timeout):
@@ -1075,6 +1120,9 @@ def main():
 
         if BASELINE:
             baseline_phase(accrual, tokens, results)
+
+        if "pooler" not in SKIP and POOLER_DB:
+            pooler_phase(accrual, tokens, results)
 
         if "ceiling" not in SKIP:
             ceilings(ids, results)

@@ -61,12 +61,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 /// # Panics
 /// When the service cannot start; this is test code.
 pub async fn spawn_app_on(db: TestDatabase, options: Options) -> TestApp {
+    let (database_url, pooled) = adapters_postgres::testing_pooler::through_pooler(db.url());
     let mut args: Vec<String> = [
         "gophermart",
         "-a",
         "127.0.0.1:0",
         "-d",
-        db.url(),
+        &database_url,
         "-r",
         &options.accrual_address,
         "--jwt-secret",
@@ -85,6 +86,7 @@ pub async fn spawn_app_on(db: TestDatabase, options: Options) -> TestApp {
     .iter()
     .map(ToString::to_string)
     .collect();
+    args.extend(pooled);
     args.extend(options.extra_args);
     let config = Config::try_parse_from(args).expect("valid test configuration");
     let app = Application::build(config)

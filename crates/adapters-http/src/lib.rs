@@ -15,7 +15,7 @@ mod state;
 
 pub use auth::{AuthenticatedUser, TOKEN_COOKIE};
 pub use metrics::{Metrics, UNMATCHED_ROUTE};
-pub use ops::{Operations, ServiceStatus};
+pub use ops::{DatabaseModes, Operations, ServiceStatus};
 pub use problem::PROBLEM_CONTENT_TYPE;
 pub use server::{
     configure_api, configure_api_description, http_server, ServerConfig, OPENAPI_PATH,

@@ -26,6 +26,24 @@ pub trait ServiceStatus: Send + Sync {
     /// Brings the metrics that are read at scrape time (database pool, queue depth, worker
     /// counters) up to date.
     async fn refresh_metrics(&self);
+
+    /// How the service reaches its database, shown by a ready `/readyz`.
+    fn database_modes(&self) -> Option<DatabaseModes> {
+        None
+    }
+}
+
+/// How the service reaches its database.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct DatabaseModes {
+    /// `prepared` (named prepared statements) or `unnamed` (one round trip each, nothing kept
+    /// on the server: for a transaction pooler).
+    #[schema(value_type = String, example = "prepared")]
+    pub statements: &'static str,
+    /// `listen` (woken by other instances through PostgreSQL `LISTEN`) or `poll` (the accrual
+    /// worker polls for orders queued elsewhere).
+    #[schema(value_type = String, example = "listen")]
+    pub wakeups: &'static str,
 }
 
 /// The state of the operational endpoints.
@@ -62,6 +80,9 @@ pub struct HealthBody {
     /// `ok` from `/healthz`, `ready` from `/readyz`.
     #[schema(value_type = String, example = "ok")]
     status: &'static str,
+    /// From `/readyz`: how the database is reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<DatabaseModes>,
 }
 
 /// Answers 200 while the process serves HTTP at all.
@@ -78,7 +99,10 @@ pub struct HealthBody {
     )
 )]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(HealthBody { status: "ok" })
+    HttpResponse::Ok().json(HealthBody {
+        status: "ok",
+        database: None,
+    })
 }
 
 /// Answers 200 when the service can take requests, 503 with the reason otherwise.
@@ -106,7 +130,10 @@ pub async fn healthz() -> HttpResponse {
 )]
 pub async fn readyz(operations: web::Data<Operations>) -> HttpResponse {
     match operations.status.readiness().await {
-        Ok(()) => HttpResponse::Ok().json(HealthBody { status: "ready" }),
+        Ok(()) => HttpResponse::Ok().json(HealthBody {
+            status: "ready",
+            database: operations.status.database_modes(),
+        }),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
             problem(StatusCode::SERVICE_UNAVAILABLE, reason)

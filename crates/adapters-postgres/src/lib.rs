@@ -5,6 +5,7 @@
 //! it: failures are translated into the application's error enums.
 
 mod audit;
+mod connection;
 mod error;
 mod gate;
 mod ledger;
@@ -18,13 +19,18 @@ mod queue;
 mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testing_pooler;
 mod users;
 
 pub use audit::{
     AuditError, Invariant, InvariantCheck, LedgerAudit, Violation, EXAMPLES_PER_INVARIANT,
 };
+pub use connection::{DbConnection, StatementMode};
 pub use gate::PgClusterGate;
 pub use listener::{listen_for_queued_orders, ANNOUNCE_INTERVAL, QUEUE_CHANNEL};
-pub use migrations::{pending_migrations, run_migrations, MigrationError, MIGRATIONS};
+pub use migrations::{
+    pending_migrations, run_migrations, run_migrations_in, MigrationError, MIGRATIONS,
+};
 pub use pool::{PgPool, PgPoolConfig, PgStore, PoolStatus};
 pub use queue::QueueDepth;

@@ -4,6 +4,8 @@ use diesel::Connection;
 use diesel_async::{async_connection_wrapper::AsyncConnectionWrapper, AsyncPgConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use crate::connection::{DbConnection, StatementMode};
+
 /// The migrations in the repository's top-level `migrations/` folder.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
@@ -17,16 +19,37 @@ pub enum MigrationError {
     Connect(#[source] diesel::ConnectionError),
     #[error("could not apply the migrations")]
     Apply(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("a database error")]
+    Database(#[from] diesel::result::Error),
     #[error("the migration task failed")]
     Task(#[source] tokio::task::JoinError),
+}
+
+/// Applies every pending migration over named prepared statements; see [`run_migrations_in`].
+///
+/// # Errors
+/// [`MigrationError`] when the database cannot be reached or a migration fails.
+pub async fn run_migrations(url: &str) -> Result<Vec<String>, MigrationError> {
+    run_migrations_in(url, StatementMode::Prepared).await
 }
 
 /// Applies every pending migration. Several instances starting at once are safe: they take a
 /// PostgreSQL advisory lock in turn, and the later ones find nothing to do.
 ///
+/// With [`StatementMode::Unnamed`] (through a transaction pooler) the pending migrations are
+/// applied in one transaction that holds a transaction-scoped advisory lock, over a connection
+/// that sends every statement unnamed, so nothing depends on keeping one server connection
+/// between transactions. Otherwise each migration is its own transaction under a session lock.
+///
 /// # Errors
 /// [`MigrationError`] when the database cannot be reached or a migration fails.
-pub async fn run_migrations(url: &str) -> Result<Vec<String>, MigrationError> {
+pub async fn run_migrations_in(
+    url: &str,
+    mode: StatementMode,
+) -> Result<Vec<String>, MigrationError> {
+    if mode == StatementMode::Unnamed {
+        return run_in_one_transaction(url).await;
+    }
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
         use diesel::RunQueryDsl;
@@ -46,6 +69,28 @@ pub async fn run_migrations(url: &str) -> Result<Vec<String>, MigrationError> {
         let applied = applied?;
         unlocked?;
         Ok(applied)
+    })
+    .await
+    .map_err(MigrationError::Task)?
+}
+
+async fn run_in_one_transaction(url: &str) -> Result<Vec<String>, MigrationError> {
+    let conn = DbConnection::open(url, StatementMode::Unnamed)
+        .await
+        .map_err(MigrationError::Connect)?;
+    tokio::task::spawn_blocking(move || {
+        use diesel::RunQueryDsl;
+        let mut conn = AsyncConnectionWrapper::<DbConnection>::from(conn);
+        conn.transaction(|conn| {
+            diesel::sql_query(format!(
+                "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+            ))
+            .execute(conn)
+            .map_err(|e| MigrationError::Apply(Box::new(e)))?;
+            conn.run_pending_migrations(MIGRATIONS)
+                .map(|versions| versions.iter().map(ToString::to_string).collect())
+                .map_err(MigrationError::Apply)
+        })
     })
     .await
     .map_err(MigrationError::Task)?

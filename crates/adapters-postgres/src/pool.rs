@@ -3,18 +3,20 @@
 use std::{sync::Arc, time::Duration};
 
 use application::RepositoryError;
-use diesel_async::{
-    pooled_connection::{
-        deadpool::{Object, Pool},
-        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
-    },
-    AsyncPgConnection,
+use diesel_async::pooled_connection::{
+    deadpool::{Object, Pool},
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use futures::FutureExt;
+
+use crate::{
+    connection::{DbConnection, StatementMode},
+    error::from_pool,
+    listener::QueueSignal,
 };
 
-use crate::{error::from_pool, listener::QueueSignal};
-
 /// A pool of PostgreSQL connections.
-pub type PgPool = Pool<AsyncPgConnection>;
+pub type PgPool = Pool<DbConnection>;
 
 /// How the pool is sized and how long a caller waits.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct PgPoolConfig {
     pub wait_timeout: Duration,
     /// Longest wait to open a new connection.
     pub connect_timeout: Duration,
+    /// Named prepared statements (the default), or unnamed ones for a transaction pooler.
+    pub statements: StatementMode,
 }
 
 impl PgPoolConfig {
@@ -38,6 +42,7 @@ impl PgPoolConfig {
             max_size: 16,
             wait_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            statements: StatementMode::Prepared,
         }
     }
 
@@ -53,7 +58,9 @@ impl PgPoolConfig {
         // idle fails its next statement, which the caller reports, and is discarded then.
         let mut manager_config = ManagerConfig::default();
         manager_config.recycling_method = RecyclingMethod::Fast;
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        let mode = self.statements;
+        manager_config.custom_setup = Box::new(move |url| DbConnection::open(url, mode).boxed());
+        let manager = AsyncDieselConnectionManager::<DbConnection>::new_with_config(
             self.url.clone(),
             manager_config,
         );
@@ -103,7 +110,7 @@ impl PgStore {
     }
 
     /// A pooled connection, or [`RepositoryError::Unavailable`] when none comes in time.
-    pub(crate) async fn conn(&self) -> Result<Object<AsyncPgConnection>, RepositoryError> {
+    pub(crate) async fn conn(&self) -> Result<Object<DbConnection>, RepositoryError> {
         self.pool.get().await.map_err(from_pool)
     }
 

@@ -89,6 +89,26 @@ pub struct Config {
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,
 
+    /// Send statements as named prepared statements kept on each connection (true, the default
+    /// and the fastest), or unnamed, one round trip each with nothing kept on the server
+    /// (false). Set false when DATABASE_URI goes through a transaction pooler such as
+    /// PgBouncer with `pool_mode = transaction` (or `statement`) that does not track prepared
+    /// statements; a direct connection or session pooling keeps the default.
+    #[arg(
+        long,
+        env = "DATABASE_PREPARED_STATEMENTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub database_prepared_statements: bool,
+
+    /// A direct PostgreSQL URI (not through a transaction pooler) for the one session that
+    /// LISTENs for orders queued by other instances. Default: DATABASE_URI when statements
+    /// are prepared; with DATABASE_PREPARED_STATEMENTS=false and no listen URI the accrual
+    /// worker only polls (ACCRUAL_POLL_INTERVAL_MS) for other instances' orders.
+    #[arg(long, env = "DATABASE_LISTEN_URI", hide_env_values = true)]
+    pub database_listen_uri: Option<SecretString>,
+
     /// Longest wait for a database connection before a request answers 503, in milliseconds.
     #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 5_000)]
     pub database_timeout_ms: u64,

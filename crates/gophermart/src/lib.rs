@@ -13,7 +13,8 @@ use adapters_accrual::{normalize_base_url, AccrualClientConfig, HttpAccrualClien
 use adapters_crypto::{BcryptHasher, JwtTokens};
 use adapters_http::{http_server, AppState, Metrics, Operations, ServerConfig};
 use adapters_postgres::{
-    listen_for_queued_orders, run_migrations, PgClusterGate, PgPoolConfig, PgStore,
+    listen_for_queued_orders, run_migrations_in, PgClusterGate, PgPoolConfig, PgStore,
+    StatementMode,
 };
 use anyhow::Context;
 use application::{
@@ -71,7 +72,26 @@ impl Application {
             );
         }
         let database_url = config.database_uri.expose_secret().to_owned();
-        let applied = run_migrations(&database_url)
+        let statements = if config.database_prepared_statements {
+            StatementMode::Prepared
+        } else {
+            StatementMode::Unnamed
+        };
+        let listen_url = match (&config.database_listen_uri, statements) {
+            (Some(uri), _) => Some(uri.expose_secret().to_owned()),
+            (None, StatementMode::Prepared) => Some(database_url.clone()),
+            (None, StatementMode::Unnamed) => None,
+        };
+        let wakeups = if listen_url.is_some() {
+            operations::Wakeups::Listen
+        } else {
+            tracing::info!(
+                poll_interval_ms = config.accrual_poll_interval_ms,
+                "no LISTEN connection (DATABASE_PREPARED_STATEMENTS=false and no DATABASE_LISTEN_URI): the accrual worker polls for orders queued by other instances"
+            );
+            operations::Wakeups::Poll
+        };
+        let applied = run_migrations_in(&database_url, statements)
             .await
             .context("applying database migrations")?;
         if !applied.is_empty() {
@@ -81,6 +101,7 @@ impl Application {
         pool.max_size = config.database_pool_size;
         pool.wait_timeout = Duration::from_millis(config.database_timeout_ms);
         pool.connect_timeout = Duration::from_millis(config.database_timeout_ms);
+        pool.statements = statements;
         let store = PgStore::new(pool.build().context("building the database pool")?);
 
         let secret = config.jwt_secret.clone().unwrap_or_else(|| {
@@ -164,6 +185,10 @@ impl Application {
             worker.stats(),
             worker.gate(),
             metrics.registry(),
+            operations::Modes {
+                statements,
+                wakeups,
+            },
         )
         .context("setting up the metrics")?;
         let operations = Operations::new(Arc::new(status), metrics);
@@ -171,15 +196,17 @@ impl Application {
 
         let stop = CancellationToken::new();
         let wake = store.queue_wake();
-        let background = vec![
-            tokio::spawn(listen_for_queued_orders(
-                database_url,
-                wake.clone(),
-                stop.clone(),
-            )),
+        let mut background = vec![
             tokio::spawn(store.clone().announce_queued_orders(stop.clone())),
-            tokio::spawn(worker.run(wake, stop.clone())),
+            tokio::spawn(worker.run(wake.clone(), stop.clone())),
         ];
+        if let Some(listen_url) = listen_url {
+            background.push(tokio::spawn(listen_for_queued_orders(
+                listen_url,
+                wake,
+                stop.clone(),
+            )));
+        }
         Ok(Self {
             server,
             port,

@@ -4,8 +4,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use adapters_http::ServiceStatus;
-use adapters_postgres::{pending_migrations, PgStore};
+use adapters_http::{DatabaseModes, ServiceStatus};
+use adapters_postgres::{pending_migrations, PgStore, StatementMode};
 use application::{
     ports::clock::Clock,
     worker::{AnswerKind, RateGate, WorkerStats},
@@ -21,8 +21,34 @@ use prometheus::{
 /// timeouts of probes and scrapes.
 const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How the accrual worker learns of orders queued by other instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeups {
+    /// A `LISTEN` session wakes it.
+    Listen,
+    /// It polls.
+    Poll,
+}
+
+/// How this instance reaches PostgreSQL.
+#[derive(Debug, Clone, Copy)]
+pub struct Modes {
+    pub statements: StatementMode,
+    pub wakeups: Wakeups,
+}
+
+impl Modes {
+    fn wakeups(self) -> &'static str {
+        match self.wakeups {
+            Wakeups::Listen => "listen",
+            Wakeups::Poll => "poll",
+        }
+    }
+}
+
 /// Readiness and scrape-time metrics from PostgreSQL and the accrual worker.
 pub struct PgServiceStatus {
+    modes: Modes,
     store: PgStore,
     clock: Arc<dyn Clock>,
     pool_max_size: IntGauge,
@@ -66,9 +92,11 @@ impl PgServiceStatus {
         stats: Arc<WorkerStats>,
         gate: Arc<RateGate>,
         registry: &Registry,
+        modes: Modes,
     ) -> prometheus::Result<Self> {
         let gauge = |name: &str, help: &str| registered(registry, IntGauge::new(name, help)?);
         let status = Self {
+            modes,
             pool_max_size: gauge("db_pool_max_size", "Most database connections the pool opens.")?,
             pool_size: gauge("db_pool_size", "Database connections open now.")?,
             pool_available: gauge(
@@ -126,6 +154,24 @@ impl PgServiceStatus {
         )?;
         build.set(1);
         registry.register(Box::new(build))?;
+        let statement_mode = IntGauge::with_opts(
+            Opts::new(
+                "db_statement_mode",
+                "How statements reach PostgreSQL: mode=prepared (named, kept per connection) or mode=unnamed (for a transaction pooler); always 1.",
+            )
+            .const_label("mode", modes.statements.as_str()),
+        )?;
+        statement_mode.set(1);
+        registry.register(Box::new(statement_mode))?;
+        let wakeup_mode = IntGauge::with_opts(
+            Opts::new(
+                "accrual_wakeup_mode",
+                "How the worker learns of orders queued by other instances: mode=listen (LISTEN/NOTIFY) or mode=poll; always 1.",
+            )
+            .const_label("mode", modes.wakeups()),
+        )?;
+        wakeup_mode.set(1);
+        registry.register(Box::new(wakeup_mode))?;
         Ok(status)
     }
 
@@ -188,6 +234,13 @@ impl ServiceStatus for PgServiceStatus {
                 DATABASE_CHECK_TIMEOUT.as_secs()
             )),
         }
+    }
+
+    fn database_modes(&self) -> Option<DatabaseModes> {
+        Some(DatabaseModes {
+            statements: self.modes.statements.as_str(),
+            wakeups: self.modes.wakeups(),
+        })
     }
 
     async fn refresh_metrics(&self) {

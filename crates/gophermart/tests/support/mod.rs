@@ -36,6 +36,9 @@ impl Instance {
 
     /// Starts an instance on a database given by URI.
     pub fn start_at(database_url: &str, accrual: &str, extra: &[&str]) -> Self {
+        let (database_url, pooled) =
+            adapters_postgres::testing_pooler::through_pooler(database_url);
+        let database_url = database_url.as_str();
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_gophermart"))
             .args([
@@ -68,6 +71,7 @@ impl Instance {
                 "--accrual-request-timeout-ms",
                 "1000",
             ])
+            .args(&pooled)
             .args(extra)
             .env(
                 "RUST_LOG",

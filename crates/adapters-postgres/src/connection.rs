@@ -1,0 +1,757 @@
+//! The pool's connection: diesel-async's connection with named prepared statements, or one that
+//! sends every statement unnamed, for a transaction pooler in front of PostgreSQL.
+//!
+//! diesel-async prepares each statement under a name (`Parse`, `Sync`) and then executes it
+//! (`Bind`, `Execute`, `Sync`). Behind PgBouncer in transaction pooling mode every `Sync`
+//! outside a transaction may hand the client another server connection, where that name does
+//! not exist, and a cached name lives on one server connection only. [`UnnamedConnection`]
+//! sends `Parse`, `Bind`, `Describe`, `Execute` and `Sync` of the unnamed statement in one
+//! message batch (tokio-postgres's `query_typed_raw`): one round trip, served whole by one
+//! server connection, leaving nothing behind on it. Every statement goes this way, the fixed
+//! ones of [`crate::prepared::prepared_statement!`] and diesel's DSL alike, since the choice
+//! is made here, below diesel.
+//!
+//! tokio-postgres learns the type of a result column it does not know (an enum of the schema)
+//! with a named statement of its own. So a new connection asks once, inside one transaction
+//! (one server connection), for every enum type and its array, and then drops the statements
+//! that took (`DEALLOCATE ALL`): later results of those types are decoded without a question.
+//! A type created after the connection opened still needs the question; the connection fails
+//! that statement and is then discarded by the pool, and its replacement knows the type.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use diesel::{
+    connection::{CacheSize, DynInstrumentation, Instrumentation},
+    pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata, PgValue},
+    query_builder::{
+        bind_collector::RawBytesBindCollector, AsQuery, QueryBuilder, QueryFragment, QueryId,
+    },
+    result::{DatabaseErrorInformation, DatabaseErrorKind, Error},
+    row::{Field, PartialRow, Row, RowIndex, RowSealed},
+    ConnectionError, ConnectionResult, QueryResult,
+};
+use diesel_async::{
+    pooled_connection::PoolableConnection, AnsiTransactionManager, AsyncConnection,
+    AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
+};
+use futures::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt, TryStreamExt};
+use tokio_postgres::types::{private::BytesMut, FromSql, IsNull, Kind, ToSql, Type};
+
+/// How statements reach PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementMode {
+    /// Named prepared statements, kept on each connection: the fastest, for direct
+    /// connections and session pooling.
+    Prepared,
+    /// Unnamed statements in one round trip each, nothing kept on the server: for transaction
+    /// (or statement) pooling.
+    Unnamed,
+}
+
+impl StatementMode {
+    /// The name shown in metrics and `/readyz`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepared => "prepared",
+            Self::Unnamed => "unnamed",
+        }
+    }
+}
+
+/// A connection of the pool, in one of the [`StatementMode`]s.
+#[allow(clippy::large_enum_variant)]
+pub enum DbConnection {
+    Prepared(AsyncPgConnection),
+    Unnamed(UnnamedConnection),
+}
+
+impl std::fmt::Debug for DbConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Prepared(_) => "DbConnection::Prepared",
+            Self::Unnamed(_) => "DbConnection::Unnamed",
+        })
+    }
+}
+
+impl DbConnection {
+    /// Opens a connection in `mode`.
+    ///
+    /// # Errors
+    /// When PostgreSQL cannot be reached or the connection cannot be set up.
+    pub async fn open(url: &str, mode: StatementMode) -> ConnectionResult<Self> {
+        match mode {
+            StatementMode::Prepared => AsyncPgConnection::establish(url).await.map(Self::Prepared),
+            StatementMode::Unnamed => UnnamedConnection::establish(url).await.map(Self::Unnamed),
+        }
+    }
+}
+
+/// A connection over tokio-postgres that sends every statement unnamed; see the module.
+pub struct UnnamedConnection {
+    client: tokio_postgres::Client,
+    transaction_state: AnsiTransactionManager,
+    instrumentation: DynInstrumentation,
+    /// The schema's enum types.
+    types: Arc<TypeMap>,
+    /// Set when the connection can no longer be trusted (its socket closed, or a statement
+    /// needed a type it did not know): the pool then discards it.
+    broken: Arc<AtomicBool>,
+    _driver: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for UnnamedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnnamedConnection")
+            .field("types", &self.types.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for UnnamedConnection {
+    fn drop(&mut self) {
+        self._driver.abort();
+    }
+}
+
+impl UnnamedConnection {
+    /// Opens a connection and learns the schema's enum types.
+    ///
+    /// # Errors
+    /// When PostgreSQL cannot be reached or the types cannot be read.
+    pub async fn establish(url: &str) -> ConnectionResult<Self> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+        let broken = Arc::new(AtomicBool::new(false));
+        let driver_broken = broken.clone();
+        let driver = tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "database connection ended");
+            }
+            driver_broken.store(true, Ordering::SeqCst);
+        });
+        let mut conn = Self {
+            client,
+            transaction_state: AnsiTransactionManager::default(),
+            instrumentation: DynInstrumentation::default_instrumentation(),
+            types: Arc::default(),
+            broken,
+            _driver: driver,
+        };
+        conn.learn_types()
+            .await
+            .map_err(ConnectionError::CouldntSetupConfiguration)?;
+        Ok(conn)
+    }
+
+    async fn learn_types(&mut self) -> QueryResult<()> {
+        const ENUMS: &str = "SELECT n.nspname::text, t.typname::text, t.oid, t.typarray, \
+             pg_type_is_visible(t.oid), format('NULL::%I.%I, NULL::%I.%I[]', n.nspname, t.typname, n.nspname, t.typname) \
+             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype = 'e'";
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| self.error(e))?;
+        let learned = async {
+            let rows = self
+                .client
+                .query_typed(ENUMS, &[])
+                .await
+                .map_err(|e| self.error(e))?;
+            let mut casts = Vec::new();
+            let mut types = TypeMap::new();
+            for row in rows {
+                let (schema, name): (String, String) = (row.get(0), row.get(1));
+                let oids: (u32, u32) = (row.get(2), row.get(3));
+                if row.get::<_, bool>(4) {
+                    types.insert((None, name.clone()), oids);
+                }
+                types.insert((Some(schema), name), oids);
+                casts.push(row.get::<_, String>(5));
+            }
+            self.types = Arc::new(types);
+            if !casts.is_empty() {
+                // Decoding these columns makes tokio-postgres ask about (and keep) each type.
+                self.client
+                    .query_typed(&format!("SELECT {}", casts.join(", ")), &[])
+                    .await
+                    .map_err(|e| self.error(e))?;
+                self.client
+                    .batch_execute("DEALLOCATE ALL")
+                    .await
+                    .map_err(|e| self.error(e))?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        let end = if learned.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        let ended = self
+            .client
+            .batch_execute(end)
+            .await
+            .map_err(|e| self.error(e));
+        learned.and(ended)
+    }
+
+    /// The SQL and parameters of a query, with their types.
+    fn build(&self, query: &dyn QueryFragment<Pg>) -> QueryResult<(String, Vec<(Bind, Type)>)> {
+        let mut builder = PgQueryBuilder::default();
+        query.to_sql(&mut builder, &Pg)?;
+        let mut binds = RawBytesBindCollector::<Pg>::new();
+        query.collect_binds(&mut binds, &mut KnownTypes(self.types.clone()), &Pg)?;
+        let params = binds
+            .metadata
+            .iter()
+            .zip(binds.binds)
+            .map(|(metadata, bytes)| Ok((Bind(bytes), param_type(metadata)?)))
+            .collect::<QueryResult<Vec<_>>>()?;
+        Ok((builder.finish(), params))
+    }
+
+    fn error(&self, error: tokio_postgres::Error) -> Error {
+        from_tokio_postgres(error, &self.broken)
+    }
+}
+
+/// The type of a parameter: its OID, or 0 (PostgreSQL infers it) for a type not known.
+fn param_type(metadata: &PgTypeMetadata) -> QueryResult<Type> {
+    let oid = metadata
+        .oid()
+        .map_err(|e| Error::SerializationError(Box::new(e)))?;
+    Ok(Type::from_oid(oid)
+        .unwrap_or_else(|| Type::new(format!("oid_{oid}"), oid, Kind::Simple, "public".into())))
+}
+
+/// Custom types for diesel's bind collector: those the connection learned, else OID 0, which
+/// lets PostgreSQL infer the parameter's type from the statement.
+struct KnownTypes(Arc<TypeMap>);
+
+/// Enum types by (schema, name), and by (None, name) when visible: (oid, array oid).
+type TypeMap = HashMap<(Option<String>, String), (u32, u32)>;
+
+impl PgMetadataLookup for KnownTypes {
+    fn lookup_type(&mut self, type_name: &str, schema: Option<&str>) -> PgTypeMetadata {
+        let key = (schema.map(ToOwned::to_owned), type_name.to_owned());
+        let (oid, array_oid) = self.0.get(&key).copied().unwrap_or((0, 0));
+        PgTypeMetadata::new(oid, array_oid)
+    }
+}
+
+/// A parameter already serialised by diesel.
+#[derive(Debug)]
+struct Bind(Option<Vec<u8>>);
+
+impl ToSql for Bind {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.0 {
+            Some(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+fn from_tokio_postgres(error: tokio_postgres::Error, broken: &AtomicBool) -> Error {
+    use tokio_postgres::error::SqlState;
+    let Some(db) = error.as_db_error().cloned() else {
+        // No answer from PostgreSQL: the connection is closed or unusable.
+        broken.store(true, Ordering::SeqCst);
+        return Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new(error.to_string()),
+        );
+    };
+    let kind = match *db.code() {
+        SqlState::UNIQUE_VIOLATION => DatabaseErrorKind::UniqueViolation,
+        SqlState::FOREIGN_KEY_VIOLATION => DatabaseErrorKind::ForeignKeyViolation,
+        SqlState::RESTRICT_VIOLATION => DatabaseErrorKind::RestrictViolation,
+        SqlState::EXCLUSION_VIOLATION => DatabaseErrorKind::ExclusionViolation,
+        SqlState::T_R_SERIALIZATION_FAILURE => DatabaseErrorKind::SerializationFailure,
+        SqlState::READ_ONLY_SQL_TRANSACTION => DatabaseErrorKind::ReadOnlyTransaction,
+        SqlState::NOT_NULL_VIOLATION => DatabaseErrorKind::NotNullViolation,
+        SqlState::CHECK_VIOLATION => DatabaseErrorKind::CheckViolation,
+        SqlState::INVALID_SQL_STATEMENT_NAME => {
+            // tokio-postgres asked about a type with a statement of its own.
+            broken.store(true, Ordering::SeqCst);
+            DatabaseErrorKind::Unknown
+        }
+        _ => DatabaseErrorKind::Unknown,
+    };
+    Error::DatabaseError(kind, Box::new(DbErrorInfo(db)))
+}
+
+struct DbErrorInfo(tokio_postgres::error::DbError);
+
+impl DatabaseErrorInformation for DbErrorInfo {
+    fn message(&self) -> &str {
+        self.0.message()
+    }
+    fn details(&self) -> Option<&str> {
+        self.0.detail()
+    }
+    fn hint(&self) -> Option<&str> {
+        self.0.hint()
+    }
+    fn table_name(&self) -> Option<&str> {
+        self.0.table()
+    }
+    fn column_name(&self) -> Option<&str> {
+        self.0.column()
+    }
+    fn constraint_name(&self) -> Option<&str> {
+        self.0.constraint()
+    }
+    fn statement_position(&self) -> Option<i32> {
+        use tokio_postgres::error::ErrorPosition;
+        self.0.position().and_then(|p| match *p {
+            ErrorPosition::Original(at) | ErrorPosition::Internal { position: at, .. } => {
+                at.try_into().ok()
+            }
+        })
+    }
+}
+
+type PreparedRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
+
+/// A result row of either kind of connection.
+pub enum DbRow {
+    Prepared(PreparedRow),
+    Unnamed(UnnamedRow),
+}
+
+impl std::fmt::Debug for DbRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbRow")
+    }
+}
+
+/// A row of an unnamed statement, with its columns' type OIDs for diesel.
+pub struct UnnamedRow {
+    row: tokio_postgres::Row,
+    oids: Vec<NonZeroU32>,
+}
+
+impl std::fmt::Debug for UnnamedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnnamedRow")
+            .field("row", &self.row)
+            .finish()
+    }
+}
+
+impl UnnamedRow {
+    fn new(row: tokio_postgres::Row) -> Self {
+        let oids = row
+            .columns()
+            .iter()
+            .map(|c| NonZeroU32::new(c.type_().oid()).unwrap_or(NonZeroU32::MIN))
+            .collect();
+        Self { row, oids }
+    }
+}
+
+impl RowSealed for DbRow {}
+
+impl<'a> Row<'a, Pg> for DbRow {
+    type Field<'f>
+        = DbField<'f>
+    where
+        Self: 'f,
+        'a: 'f;
+    type InnerPartialRow = Self;
+
+    fn field_count(&self) -> usize {
+        match self {
+            Self::Prepared(row) => Row::<'a, Pg>::field_count(row),
+            Self::Unnamed(row) => row.row.len(),
+        }
+    }
+
+    fn get<'f, I>(&'f self, idx: I) -> Option<Self::Field<'f>>
+    where
+        'a: 'f,
+        Self: RowIndex<I>,
+    {
+        let idx = self.idx(idx)?;
+        match self {
+            Self::Prepared(row) => Row::<'a, Pg>::get(row, idx).map(DbField::Prepared),
+            Self::Unnamed(row) => Some(DbField::Unnamed(row, idx)),
+        }
+    }
+
+    fn partial_row(&self, range: std::ops::Range<usize>) -> PartialRow<'_, Self> {
+        PartialRow::new(self, range)
+    }
+}
+
+impl RowIndex<usize> for DbRow {
+    fn idx(&self, idx: usize) -> Option<usize> {
+        match self {
+            Self::Prepared(row) => RowIndex::<usize>::idx(row, idx),
+            Self::Unnamed(row) => (idx < row.row.len()).then_some(idx),
+        }
+    }
+}
+
+impl<'n> RowIndex<&'n str> for DbRow {
+    fn idx(&self, idx: &'n str) -> Option<usize> {
+        match self {
+            Self::Prepared(row) => RowIndex::<&'n str>::idx(row, idx),
+            Self::Unnamed(row) => row.row.columns().iter().position(|c| c.name() == idx),
+        }
+    }
+}
+
+/// A field of a [`DbRow`].
+pub enum DbField<'f> {
+    Prepared(<PreparedRow as Row<'f, Pg>>::Field<'f>),
+    Unnamed(&'f UnnamedRow, usize),
+}
+
+impl std::fmt::Debug for DbField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DbField").field(&self.field_name()).finish()
+    }
+}
+
+impl<'f> Field<'f, Pg> for DbField<'f> {
+    fn field_name(&self) -> Option<&str> {
+        match self {
+            Self::Prepared(field) => field.field_name(),
+            Self::Unnamed(row, idx) => Some(row.row.columns()[*idx].name()),
+        }
+    }
+
+    fn value(&self) -> Option<PgValue<'_>> {
+        match self {
+            Self::Prepared(field) => field.value(),
+            Self::Unnamed(row, idx) => {
+                let Raw(bytes) = row.row.get(*idx);
+                bytes.map(|bytes| PgValue::new(bytes, &row.oids[*idx]))
+            }
+        }
+    }
+}
+
+/// A column's bytes as they came, whatever its type.
+struct Raw<'a>(Option<&'a [u8]>);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw)))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+impl SimpleAsyncConnection for DbConnection {
+    async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        match self {
+            Self::Prepared(conn) => conn.batch_execute(query).await,
+            Self::Unnamed(conn) => {
+                let result = conn.client.batch_execute(query).await;
+                result.map_err(|e| conn.error(e))
+            }
+        }
+    }
+}
+
+impl AsyncConnectionCore for DbConnection {
+    type ExecuteFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<usize>>;
+    type LoadFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<Self::Stream<'conn, 'query>>>;
+    type Stream<'conn, 'query> = BoxStream<'static, QueryResult<DbRow>>;
+    type Row<'conn, 'query> = DbRow;
+    type Backend = Pg;
+
+    fn load<'conn, 'query, T>(&'conn mut self, source: T) -> Self::LoadFuture<'conn, 'query>
+    where
+        T: AsQuery + 'query,
+        T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        match self {
+            Self::Prepared(conn) => conn
+                .load(source)
+                .map(|stream| Ok(stream?.map_ok(DbRow::Prepared).boxed()))
+                .boxed(),
+            Self::Unnamed(conn) => {
+                let built = conn.build(&source.as_query());
+                let (client, broken) = (&conn.client, conn.broken.clone());
+                async move {
+                    let (sql, params) = built?;
+                    let rows = client
+                        .query_typed_raw(&sql, params)
+                        .await
+                        .map_err(|e| from_tokio_postgres(e, &broken))?;
+                    Ok(rows
+                        .map_ok(|row| DbRow::Unnamed(UnnamedRow::new(row)))
+                        .map_err(move |e| from_tokio_postgres(e, &broken))
+                        .boxed())
+                }
+                .boxed()
+            }
+        }
+    }
+
+    fn execute_returning_count<'conn, 'query, T>(
+        &'conn mut self,
+        source: T,
+    ) -> Self::ExecuteFuture<'conn, 'query>
+    where
+        T: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        match self {
+            Self::Prepared(conn) => conn.execute_returning_count(source),
+            Self::Unnamed(conn) => {
+                let built = conn.build(&source);
+                let (client, broken) = (&conn.client, conn.broken.clone());
+                async move {
+                    let (sql, params) = built?;
+                    let params: Vec<(&(dyn ToSql + Sync), Type)> = params
+                        .iter()
+                        .map(|(bind, ty)| (bind as &(dyn ToSql + Sync), ty.clone()))
+                        .collect();
+                    let count = client
+                        .execute_typed(&sql, &params)
+                        .await
+                        .map_err(|e| from_tokio_postgres(e, &broken))?;
+                    usize::try_from(count).map_err(|e| Error::DeserializationError(Box::new(e)))
+                }
+                .boxed()
+            }
+        }
+    }
+}
+
+impl AsyncConnection for DbConnection {
+    type TransactionManager = AnsiTransactionManager;
+
+    /// A connection with prepared statements (diesel-async's default).
+    async fn establish(database_url: &str) -> ConnectionResult<Self> {
+        Self::open(database_url, StatementMode::Prepared).await
+    }
+
+    fn transaction_state(&mut self) -> &mut AnsiTransactionManager {
+        match self {
+            Self::Prepared(conn) => conn.transaction_state(),
+            Self::Unnamed(conn) => &mut conn.transaction_state,
+        }
+    }
+
+    fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        match self {
+            Self::Prepared(conn) => conn.instrumentation(),
+            Self::Unnamed(conn) => &mut *conn.instrumentation,
+        }
+    }
+
+    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        match self {
+            Self::Prepared(conn) => conn.set_instrumentation(instrumentation),
+            Self::Unnamed(conn) => conn.instrumentation = instrumentation.into(),
+        }
+    }
+
+    fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
+        if let Self::Prepared(conn) = self {
+            conn.set_prepared_statement_cache_size(size);
+        }
+    }
+}
+
+impl PoolableConnection for DbConnection {
+    fn is_broken(&mut self) -> bool {
+        match self {
+            Self::Prepared(conn) => conn.is_broken(),
+            Self::Unnamed(conn) => {
+                if conn.broken.load(Ordering::SeqCst) || conn.client.is_closed() {
+                    return true;
+                }
+                AnsiTransactionManager::is_broken_transaction_manager(self)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod on_a_database {
+    use application::ports::{
+        ledger::LedgerRepository,
+        orders::OrderRepository,
+        queue::{AccrualQueue, FinalOutcome, RetryReason},
+        security::PasswordHash,
+        users::UserRepository,
+    };
+    use chrono::Utc;
+    use diesel::{sql_types::Int8, QueryableByName};
+    use diesel_async::RunQueryDsl;
+    use domain::{with_check_digit, Login, Money, OrderNumber, OrderStatus};
+
+    use super::StatementMode;
+    use crate::{testing::TestDatabase, PgPoolConfig, PgStore};
+
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = Int8)]
+        count: i64,
+    }
+
+    fn number(n: u64) -> OrderNumber {
+        OrderNumber::parse(&with_check_digit(&n.to_string())).expect("valid number")
+    }
+
+    fn unnamed_store(url: &str, connections: usize) -> PgStore {
+        let mut config = PgPoolConfig::new(url);
+        config.max_size = connections;
+        config.statements = StatementMode::Unnamed;
+        PgStore::new(config.build().expect("pool"))
+    }
+
+    /// Every kind of statement the store sends: fixed SQL, diesel's DSL, enum parameters and
+    /// enum results, arrays, unique violations.
+    async fn workload(store: &PgStore, login: &str, base: u64) {
+        let number = |n: u64| number(base + n);
+        let user = store
+            .create(
+                &Login::parse(login).expect("login"),
+                &PasswordHash("h".into()),
+            )
+            .await
+            .expect("user");
+        assert!(store
+            .find_by_login(&Login::parse(login).expect("login"))
+            .await
+            .expect("found")
+            .is_some());
+        let one = Money::new(rust_decimal::Decimal::ONE).expect("money");
+        for n in 1..=3 {
+            store
+                .insert(user, &number(n), Utc::now())
+                .await
+                .expect("upload");
+            store
+                .insert(user, &number(n), Utc::now())
+                .await
+                .expect("upload again");
+        }
+        // Concurrent workloads share the queue: each claims what is due, its own or not.
+        store
+            .claim(10, Utc::now(), std::time::Duration::from_secs(60))
+            .await
+            .expect("claim");
+        store
+            .finish(
+                &number(1),
+                FinalOutcome::Processed(Some(
+                    Money::new(rust_decimal::Decimal::TEN).expect("money"),
+                )),
+            )
+            .await
+            .expect("credit");
+        store
+            .retry_later(&number(2), Utc::now(), RetryReason::StillProcessing)
+            .await
+            .expect("retry");
+        store.release(&[number(3)]).await.expect("release");
+        store.next_due().await.expect("next due");
+        store.queue_depth(Utc::now()).await.expect("depth");
+        let listed = store.list(user).await.expect("orders");
+        assert!(listed.iter().any(|o| o.status == OrderStatus::Processed));
+        assert!(listed.iter().any(|o| o.status == OrderStatus::Processing));
+        store
+            .withdraw(user, &number(100), one, Utc::now())
+            .await
+            .expect("withdraw");
+        store
+            .withdraw(user, &number(100), one, Utc::now())
+            .await
+            .expect("again");
+        assert_eq!(store.withdrawals(user).await.expect("withdrawals").len(), 1);
+        let balance = store.balance(user).await.expect("balance");
+        assert_eq!(balance.withdrawn.amount(), rust_decimal::Decimal::ONE);
+    }
+
+    #[tokio::test]
+    async fn the_unnamed_mode_leaves_no_prepared_statement_on_the_server() {
+        let db = TestDatabase::create().await;
+        // One connection: the session that served every statement.
+        let store = unnamed_store(db.url(), 1);
+        workload(&store, "ann", 0).await;
+        let mut conn = store.conn().await.expect("connection");
+        let left: Count = diesel::sql_query("SELECT count(*) AS count FROM pg_prepared_statements")
+            .get_result(&mut conn)
+            .await
+            .expect("prepared statements");
+        assert_eq!(left.count, 0, "named statements left on the server");
+    }
+
+    /// Through PgBouncer in transaction mode when scripts/with-pgbouncer.sh runs the tests:
+    /// more clients than server connections, every statement on whichever one is free.
+    #[tokio::test]
+    async fn the_unnamed_mode_works_through_a_transaction_pooler() {
+        let Ok(pooler) = std::env::var("DATABASE_POOLER_URI") else {
+            eprintln!(
+                "skipped: DATABASE_POOLER_URI is not set (scripts/with-pgbouncer.sh sets it)"
+            );
+            return;
+        };
+        let db = TestDatabase::create().await;
+        let mut url = url::Url::parse(db.url()).expect("url");
+        url.set_port(url::Url::parse(&pooler).expect("url").port())
+            .expect("port");
+        crate::run_migrations_in(url.as_str(), StatementMode::Unnamed)
+            .await
+            .expect("migrations through the pooler");
+        let store = unnamed_store(url.as_str(), 8);
+        let runs = (0..8).map(|i| {
+            let store = store.clone();
+            async move { workload(&store, &format!("user{i}"), 1000 * (i + 1)).await }
+        });
+        futures::future::join_all(runs).await;
+        // The server connections behind the pooler (two per database in the script): asked
+        // from eight clients at once, each lands on one of them; none holds a named statement.
+        let asks = (0..16).map(|_| {
+            let store = store.clone();
+            async move {
+                let mut conn = store.conn().await.expect("connection");
+                diesel::sql_query("SELECT count(*) AS count FROM pg_prepared_statements")
+                    .get_result::<Count>(&mut conn)
+                    .await
+                    .expect("prepared statements")
+                    .count
+            }
+        });
+        let counts = futures::future::join_all(asks).await;
+        assert!(counts.iter().all(|&c| c == 0), "{counts:?}");
+    }
+}
