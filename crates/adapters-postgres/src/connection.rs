@@ -666,7 +666,12 @@ mod on_a_database {
         }
         // Concurrent workloads share the queue: each claims what is due, its own or not.
         store
-            .claim(10, Utc::now(), std::time::Duration::from_secs(60))
+            .claim(
+                10,
+                Utc::now(),
+                std::time::Duration::from_secs(60),
+                application::ports::queue::ClaimOrder::DueFirst,
+            )
             .await
             .expect("claim");
         store
