@@ -230,10 +230,14 @@ impl AccrualWorker {
                     });
                 }
                 if count > 0 && count == free {
-                    // There may be more due work: go round as soon as a request finishes.
-                    tokio::select! {
-                        () = stop.cancelled() => {}
-                        _ = in_flight.join_next() => {}
+                    // There may be more due work: go round once half the requests have
+                    // finished, so that each claim takes many entries, not one.
+                    let refill = concurrency.div_ceil(2).max(1);
+                    while in_flight.len() > concurrency - refill {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            _ = in_flight.join_next() => {}
+                        }
                     }
                     continue;
                 }
