@@ -215,12 +215,6 @@ impl RateGate {
         self.lock().cluster.map(|shared| shared.rate_limited)
     }
 
-    /// Whether the state is shared with other instances.
-    #[must_use]
-    pub fn is_shared(&self) -> bool {
-        self.cluster.is_some()
-    }
-
     /// Whether a pause is in force now.
     #[must_use]
     pub fn is_paused(&self) -> bool {
@@ -278,7 +272,7 @@ impl RateGate {
         if !self.is_paced() {
             return Ok(());
         }
-        let _turn = self.slot_turn.lock().await;
+        let turn = self.slot_turn.lock().await;
         match cluster.take_slot(PACE_LAPSES_AFTER).await {
             Ok(Slot::Granted) => Ok(()),
             Ok(Slot::Wait { wait, paused }) => {
@@ -293,7 +287,7 @@ impl RateGate {
             }
             Err(error) => {
                 tracing::warn!(%error, "could not take a shared accrual slot; pacing this instance alone");
-                drop(_turn);
+                drop(turn);
                 self.try_acquire()
             }
         }
