@@ -688,7 +688,7 @@ mod on_a_database {
             .await
             .expect("retry");
         store.release(&[number(3)]).await.expect("release");
-        store.next_due().await.expect("next due");
+        store.next_due(Utc::now()).await.expect("next due");
         store.queue_depth(Utc::now()).await.expect("depth");
         let listed = store.list(user).await.expect("orders");
         assert!(listed.iter().any(|o| o.status == OrderStatus::Processed));

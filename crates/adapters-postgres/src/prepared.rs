@@ -250,7 +250,7 @@ mod on_a_database {
                 )
                 .await
                 .expect("claim");
-            store.next_due().await.expect("next due");
+            store.next_due(Utc::now()).await.expect("next due");
         }
 
         // The pool's one connection: the session that ran all of the above.
@@ -270,7 +270,7 @@ mod on_a_database {
             "INSERT INTO orders",
             "INSERT INTO withdrawals",
             "FOR UPDATE SKIP LOCKED",
-            "GREATEST(next_attempt_at",
+            "SELECT next_attempt_at AS due",
         ] {
             assert_eq!(count(needle), 1, "{needle}: prepared once and kept");
         }

@@ -48,20 +48,8 @@ prepared_statement! {
      RETURNING q.order_number, q.attempts, q.unknown_checks"
 }
 
-prepared_statement! {
-    /// Leases up to `limit` due entries, customers in turn: each customer's earliest due
-    /// entries (at most `limit` of each) are ranked by their place in that customer's line,
-    /// then by when the customer was last served (never first), then by due time; the
-    /// customers served are recorded. Customers are found by a skip scan of the owner index
-    /// (one probe per customer with queue entries), so a customer's backlog of any size costs
-    /// the claim no more than one entry. Entries without an owner (queued by an older
-    /// version) count as one customer that is always first in its round.
-    struct ClaimFairShares {
-        limit: i64 => Int8,
-        now: DateTime<Utc> => Timestamptz,
-        lease_until: DateTime<Utc> => Timestamptz,
-    }
-    "WITH RECURSIVE owners(user_id) AS (
+/// The fair claim's SQL (see [`ClaimFairShares`]).
+const CLAIM_FAIR_SHARES: &str = "WITH RECURSIVE owners(user_id) AS (
          (SELECT user_id FROM accrual_queue WHERE user_id IS NOT NULL ORDER BY user_id LIMIT 1)
          UNION ALL
          SELECT (SELECT q.user_id FROM accrual_queue q WHERE q.user_id > owners.user_id
@@ -100,7 +88,22 @@ prepared_statement! {
          INSERT INTO accrual_turns (user_id, served_at)
          SELECT DISTINCT user_id, $2::timestamptz FROM claimed WHERE user_id IS NOT NULL
          ON CONFLICT (user_id) DO UPDATE SET served_at = EXCLUDED.served_at)
-     SELECT order_number, attempts, unknown_checks FROM claimed"
+     SELECT order_number, attempts, unknown_checks FROM claimed";
+
+prepared_statement! {
+    /// Leases up to `limit` due entries, customers in turn: each customer's earliest due
+    /// entries (at most `limit` of each) are ranked by their place in that customer's line,
+    /// then by when the customer was last served (never first), then by due time; the
+    /// customers served are recorded. Customers are found by a skip scan of the owner index
+    /// (one probe per customer with queue entries), so a customer's backlog of any size costs
+    /// the claim no more than one entry. Entries without an owner (queued by an older
+    /// version) count as one customer that is always first in its round.
+    struct ClaimFairShares {
+        limit: i64 => Int8,
+        now: DateTime<Utc> => Timestamptz,
+        lease_until: DateTime<Utc> => Timestamptz,
+    }
+    CLAIM_FAIR_SHARES
 }
 
 prepared_statement! {
@@ -182,10 +185,16 @@ prepared_statement! {
 }
 
 prepared_statement! {
-    /// When the earliest entry becomes claimable: due, and its lease (if any) over.
-    struct EarliestDue {}
-    "SELECT min(GREATEST(next_attempt_at, COALESCE(locked_until, next_attempt_at))) AS due
-     FROM accrual_queue"
+    /// When the earliest entry that no live lease holds is due. It walks the due index from its
+    /// start and stops at the first such entry, past only the entries in flight, instead of
+    /// reading the whole queue.
+    struct EarliestDue {
+        now: DateTime<Utc> => Timestamptz,
+    }
+    "SELECT next_attempt_at AS due FROM accrual_queue
+     WHERE locked_until IS NULL OR locked_until <= $1
+     ORDER BY next_attempt_at
+     LIMIT 1"
 }
 
 prepared_statement! {
@@ -440,12 +449,90 @@ impl AccrualQueue for PgStore {
         Ok(())
     }
 
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, RepositoryError> {
+    async fn next_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, RepositoryError> {
         let mut conn = self.conn().await?;
-        let next: NextDue = EarliestDue {}
+        let next: Option<NextDue> = EarliestDue { now }
             .get_result(&mut conn)
             .await
+            .optional()
             .map_err(from_diesel)?;
-        Ok(next.due)
+        Ok(next.and_then(|next| next.due))
+    }
+}
+
+#[cfg(test)]
+mod on_a_database {
+    use diesel::{sql_types::Text, QueryableByName};
+    use diesel_async::RunQueryDsl;
+
+    use super::CLAIM_FAIR_SHARES;
+    use crate::testing::TestDatabase;
+
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+
+    /// The pages of the database one fair claim of one entry reads (shared buffers hit or read).
+    async fn pages_read_by_a_fair_claim(db: &TestDatabase) -> u64 {
+        let sql = CLAIM_FAIR_SHARES
+            .replace("$1", "1")
+            .replace("$2", "now()")
+            .replace("$3", "now() + interval '30 seconds'");
+        let mut conn = db.store().conn().await.expect("connection");
+        let plan: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"))
+            .load(&mut conn)
+            .await
+            .expect("explained");
+        // The first `Buffers:` line is the whole statement's.
+        let buffers = plan
+            .iter()
+            .find_map(|l| l.line.trim().strip_prefix("Buffers: shared "))
+            .expect("buffer counts")
+            .to_owned();
+        buffers
+            .split_whitespace()
+            .filter_map(|part| part.split_once('='))
+            .filter(|(kind, _)| matches!(*kind, "hit" | "read"))
+            .map(|(_, n)| n.parse::<u64>().expect("count"))
+            .sum()
+    }
+
+    /// Customers `first..=last`, each with `per_customer` queued orders numbered from `from`.
+    fn queue_sql(customers: std::ops::RangeInclusive<u32>, per_customer: u32, from: u64) -> String {
+        format!(
+            "INSERT INTO users (id, login, password_hash) OVERRIDING SYSTEM VALUE
+                 SELECT c, 'customer-' || c, 'hash' FROM generate_series({first}, {last}) c
+                 ON CONFLICT DO NOTHING;
+             INSERT INTO orders (number, user_id, status, uploaded_at)
+                 SELECT ({from} + (c - {first}) * {per_customer} + k)::text, c, 'NEW', now()
+                 FROM generate_series({first}, {last}) c, generate_series(1, {per_customer}) k;
+             INSERT INTO accrual_queue (order_number, user_id)
+                 SELECT number, user_id FROM orders WHERE number::bigint >= {from}
+                 ON CONFLICT DO NOTHING;
+             ANALYZE accrual_queue;",
+            first = customers.start(),
+            last = customers.end(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_fair_claim_reads_no_more_of_the_queue_behind_a_large_backlog_than_behind_a_small_one(
+    ) {
+        let db = TestDatabase::create().await;
+        // Twenty customers with two orders each, one of whom then queues 20,000 more.
+        TestDatabase::execute(&db, &queue_sql(1..=20, 2, 1_000_000)).await;
+        let small = pages_read_by_a_fair_claim(&db).await;
+        TestDatabase::execute(&db, &queue_sql(1..=1, 20_000, 2_000_000)).await;
+
+        let large = pages_read_by_a_fair_claim(&db).await;
+
+        // The queue now fills hundreds of pages; a claim that walks the owner index reads
+        // about as many as before.
+        assert!(
+            large <= small * 2,
+            "a claim read {small} pages behind 40 entries and {large} behind 20,040"
+        );
     }
 }

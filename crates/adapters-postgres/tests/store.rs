@@ -434,6 +434,42 @@ async fn claimed_entries_are_leased_and_come_back_when_the_lease_ends() {
 }
 
 #[tokio::test]
+async fn the_next_due_time_skips_entries_in_flight_and_counts_those_whose_lease_ran_out() {
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    let alice = user(&store, "alice").await;
+    let now = Utc::now();
+    assert_eq!(
+        store.next_due(now).await.expect("read"),
+        None,
+        "nothing queued"
+    );
+    store.insert(alice, &number(1), now).await.expect("insert");
+    let queued = store.next_due(now).await.expect("read").expect("due");
+
+    let later = now + chrono::Duration::seconds(1);
+    let claimed = store
+        .claim(10, later, Duration::from_secs(30), ClaimOrder::DueFirst)
+        .await
+        .expect("claim");
+
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        store.next_due(later).await.expect("read"),
+        None,
+        "in flight"
+    );
+    assert_eq!(
+        store
+            .next_due(later + chrono::Duration::seconds(31))
+            .await
+            .expect("read"),
+        Some(queued),
+        "its holder's lease ran out"
+    );
+}
+
+#[tokio::test]
 async fn retries_are_scheduled_and_only_failures_count_as_attempts() {
     let db = TestDatabase::create().await;
     let store = db.store();

@@ -124,9 +124,11 @@ pub trait AccrualQueue: Send + Sync {
     /// [`RepositoryError`] on a storage failure.
     async fn release(&self, orders: &[OrderNumber]) -> Result<(), RepositoryError>;
 
-    /// The earliest time an entry becomes due, if any exists.
+    /// The earliest time an entry that no live lease holds at `now` is due, if any. Entries
+    /// under a live lease are not counted: their holder answers for them, and if it dies the
+    /// lease runs out and the next look at the queue finds them.
     ///
     /// # Errors
     /// [`RepositoryError`] on a storage failure.
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, RepositoryError>;
+    async fn next_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, RepositoryError>;
 }

@@ -277,7 +277,7 @@ impl AccrualWorker {
     /// asked).
     async fn serve_one_in_turn(&self, applier: &Applier, in_flight: &mut JoinSet<()>) -> Turn {
         // A slot is worth taking only when an entry is due.
-        match self.queue.next_due().await {
+        match self.queue.next_due(self.clock.now()).await {
             Ok(Some(due)) if due <= self.clock.now() => {}
             Ok(_) => return Turn::NothingDue,
             Err(error) => {
@@ -308,7 +308,7 @@ impl AccrualWorker {
 
     /// How long to sleep when idle: until the next entry is due, at most the poll interval.
     async fn idle_sleep(&self) -> Duration {
-        match self.queue.next_due().await {
+        match self.queue.next_due(self.clock.now()).await {
             Ok(Some(due)) => (due - self.clock.now())
                 .to_std()
                 .unwrap_or(Duration::ZERO)

@@ -374,7 +374,7 @@ async fn the_run_loop_works_through_claimed_entries_and_stops_cleanly() {
             vec![]
         })
     });
-    queue.expect_next_due().returning(|| Ok(None));
+    queue.expect_next_due().returning(|_| Ok(None));
     let finished = Arc::new(Notify::new());
     let signal = finished.clone();
     queue.expect_finish_many().times(1).returning(move |_| {
@@ -433,7 +433,7 @@ async fn with_every_request_slot_busy_wakes_do_not_make_the_worker_poll_the_queu
     let polls = Arc::new(Mutex::new(0));
     let polled = polls.clone();
     let claimed = claims.clone();
-    queue.expect_next_due().returning(move || {
+    queue.expect_next_due().returning(move |_| {
         if *claimed.lock().expect("lock") > 0 {
             *polled.lock().expect("lock") += 1;
         }
@@ -573,7 +573,7 @@ async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_free_slots_earl
         seen.lock().expect("lock").push((limit, order));
         Ok(vec![])
     });
-    queue.expect_next_due().returning(|| Ok(None));
+    queue.expect_next_due().returning(|_| Ok(None));
     let worker = AccrualWorker::new(
         Arc::new(queue),
         Arc::new(MockAccrualClient::new()),

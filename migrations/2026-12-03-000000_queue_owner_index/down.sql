@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS accrual_queue_owner_due;
