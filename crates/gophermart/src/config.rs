@@ -117,8 +117,8 @@ pub struct Config {
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,
 
-    /// Concurrent requests to the accrual system.
-    #[arg(long, env = "ACCRUAL_CONCURRENCY", default_value_t = 8)]
+    /// Concurrent requests to the accrual system (as many connections are kept alive to it).
+    #[arg(long, env = "ACCRUAL_CONCURRENCY", default_value_t = 64)]
     pub accrual_concurrency: usize,
 
     /// Longest pause between looks at the queue when nothing wakes the worker, in milliseconds.

@@ -138,6 +138,9 @@ impl Application {
         let gate_name = base_url.as_str().to_owned();
         let mut client_config = AccrualClientConfig::new(base_url);
         client_config.request_timeout = Duration::from_millis(config.accrual_request_timeout_ms);
+        // One kept-alive connection per request that may be in flight: fewer would make the
+        // worker open and close a connection per request beyond them.
+        client_config.max_idle_connections_per_host = config.accrual_concurrency.max(1);
         // One gate per accrual system, shared by every instance on this database.
         let gate = Arc::new(RateGate::shared(Arc::new(PgClusterGate::new(
             store.clone(),

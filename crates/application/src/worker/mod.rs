@@ -6,6 +6,7 @@
 
 mod apply;
 mod gate;
+mod slots;
 mod stats;
 
 use std::{sync::Arc, time::Duration};
@@ -25,6 +26,7 @@ use crate::ports::{
 };
 use apply::{apply_outcomes, Applier, Outcome};
 use domain::AccrualStatus;
+use slots::Slots;
 
 /// How the worker paces itself.
 #[derive(Debug, Clone)]
@@ -50,7 +52,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 8,
+            concurrency: 64,
             poll_interval: Duration::from_secs(1),
             recheck_delay: Duration::from_millis(500),
             unknown_recheck_cap: Duration::from_secs(600),
@@ -172,20 +174,21 @@ impl AccrualWorker {
     pub async fn run(self, wake: Arc<Notify>, stop: CancellationToken) {
         let (applier, applying) = Applier::start(self.queue.clone(), self.stats.clone());
         let mut in_flight: JoinSet<()> = JoinSet::new();
-        let concurrency = self.config.concurrency.max(1);
+        let slots = Slots::new(self.config.concurrency);
         loop {
             while in_flight.try_join_next().is_some() {}
             if stop.is_cancelled() {
                 break;
             }
             self.gate.sync().await;
-            let free = concurrency.saturating_sub(in_flight.len());
-            if free == 0 {
-                // Every request slot is busy: nothing can be claimed before one finishes, so
-                // there is no point asking the queue when the next entry is due.
+            if slots.free(in_flight.len()) == 0 {
+                // Every request slot is busy (or enough answers wait to be written): nothing
+                // can be claimed before one frees, so there is no point asking the queue when
+                // the next entry is due.
                 tokio::select! {
                     () = stop.cancelled() => {}
                     _ = in_flight.join_next() => {}
+                    () = slots.freed() => {}
                 }
                 continue;
             }
@@ -199,7 +202,10 @@ impl AccrualWorker {
                 continue;
             }
             if self.gate.is_paced() {
-                match self.serve_one_in_turn(&applier, &mut in_flight).await {
+                match self
+                    .serve_one_in_turn(&applier, &slots, &mut in_flight)
+                    .await
+                {
                     Turn::Served => continue,
                     Turn::Wait(opens) => {
                         tokio::select! {
@@ -211,6 +217,8 @@ impl AccrualWorker {
                     Turn::NothingDue => {}
                 }
             } else {
+                let mut taken = slots.take(slots.free(in_flight.len()));
+                let free = taken.len();
                 let claimed = self
                     .claim(
                         u32::try_from(free).unwrap_or(u32::MAX),
@@ -218,25 +226,29 @@ impl AccrualWorker {
                     )
                     .await;
                 let count = claimed.len();
-                for entry in claimed {
+                // Slots left over when fewer entries were due go back.
+                for (entry, slot) in claimed.into_iter().zip(taken.drain(..)) {
                     let worker = self.clone();
                     let stop = stop.clone();
                     let applier = applier.clone();
                     in_flight.spawn(async move {
                         if worker.admit(&entry, &stop).await {
                             let outcome = worker.ask(&entry).await;
+                            // The request is over: its slot goes to the next entry while this
+                            // answer waits to be written with the others.
+                            drop(slot);
                             applier.apply(entry.order, outcome).await;
                         }
                     });
                 }
                 if count > 0 && count == free {
-                    // There may be more due work: go round once half the requests have
-                    // finished, so that each claim takes many entries, not one.
-                    let refill = concurrency.div_ceil(2).max(1);
-                    while in_flight.len() > concurrency - refill {
+                    // There may be more due work: go round once half the slots are free again,
+                    // so that each claim takes many entries, not one.
+                    while slots.free(in_flight.len()) < slots.refill() {
                         tokio::select! {
                             () = stop.cancelled() => break,
                             _ = in_flight.join_next() => {}
+                            () = slots.freed() => {}
                         }
                     }
                     continue;
@@ -275,8 +287,17 @@ impl AccrualWorker {
     /// to, customers in turn, so that the entry chosen is the one served now and no entry
     /// waits at the gate with its lease running (or is counted as served without being
     /// asked).
-    async fn serve_one_in_turn(&self, applier: &Applier, in_flight: &mut JoinSet<()>) -> Turn {
-        // A slot is worth taking only when an entry is due.
+    async fn serve_one_in_turn(
+        &self,
+        applier: &Applier,
+        slots: &Slots,
+        in_flight: &mut JoinSet<()>,
+    ) -> Turn {
+        // The loop calls this only with a request slot free.
+        let Some(slot) = slots.take(1).pop() else {
+            return Turn::NothingDue;
+        };
+        // A slot of the shared schedule is worth taking only when an entry is due.
         match self.queue.next_due(self.clock.now()).await {
             Ok(Some(due)) if due <= self.clock.now() => {}
             Ok(_) => return Turn::NothingDue,
@@ -301,6 +322,7 @@ impl AccrualWorker {
         let applier = applier.clone();
         in_flight.spawn(async move {
             let outcome = worker.ask(&entry).await;
+            drop(slot);
             applier.apply(entry.order, outcome).await;
         });
         Turn::Served

@@ -593,3 +593,147 @@ async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_free_slots_earl
 
     assert_eq!(asked.lock().expect("lock")[0], (6, ClaimOrder::DueFirst));
 }
+
+/// A queue of a few entries whose first write of final outcomes is held until released.
+struct HeldFirstWrite {
+    due: Mutex<Vec<QueueEntry>>,
+    writes: Mutex<usize>,
+    written: Mutex<Vec<OrderNumber>>,
+    release: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl AccrualQueue for HeldFirstWrite {
+    async fn claim(
+        &self,
+        limit: u32,
+        _: DateTime<Utc>,
+        _: Duration,
+        _: ClaimOrder,
+    ) -> Result<Vec<QueueEntry>, crate::RepositoryError> {
+        let mut due = self.due.lock().expect("lock");
+        let take = due.len().min(limit as usize);
+        Ok(due.drain(..take).collect())
+    }
+
+    async fn finish(
+        &self,
+        order: &OrderNumber,
+        outcome: FinalOutcome,
+    ) -> Result<bool, crate::RepositoryError> {
+        let applied = self.finish_many(&[(order.clone(), outcome)]).await?;
+        Ok(applied[0])
+    }
+
+    async fn finish_many(
+        &self,
+        outcomes: &[(OrderNumber, FinalOutcome)],
+    ) -> Result<Vec<bool>, crate::RepositoryError> {
+        let first = {
+            let mut writes = self.writes.lock().expect("lock");
+            *writes += 1;
+            *writes == 1
+        };
+        if first {
+            self.release.notified().await;
+        }
+        self.written
+            .lock()
+            .expect("lock")
+            .extend(outcomes.iter().map(|(order, _)| order.clone()));
+        Ok(vec![true; outcomes.len()])
+    }
+
+    async fn retry_later(
+        &self,
+        _: &OrderNumber,
+        _: DateTime<Utc>,
+        _: RetryReason,
+    ) -> Result<(), crate::RepositoryError> {
+        Ok(())
+    }
+
+    async fn retry_many(&self, _: &[Retry]) -> Result<(), crate::RepositoryError> {
+        Ok(())
+    }
+
+    async fn release(&self, _: &[OrderNumber]) -> Result<(), crate::RepositoryError> {
+        Ok(())
+    }
+
+    async fn next_due(
+        &self,
+        _: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, crate::RepositoryError> {
+        Ok(None)
+    }
+}
+
+#[tokio::test]
+async fn a_request_slot_is_free_again_once_its_answer_arrives_not_once_it_is_written() {
+    let number = |n: u64| OrderNumber::parse(&domain::with_check_digit(&n.to_string())).expect("n");
+    let release = Arc::new(Notify::new());
+    let queue = Arc::new(HeldFirstWrite {
+        due: Mutex::new(vec![
+            QueueEntry {
+                order: number(1),
+                attempts: 0,
+                unknown_checks: 0,
+            },
+            QueueEntry {
+                order: number(2),
+                attempts: 0,
+                unknown_checks: 0,
+            },
+        ]),
+        writes: Mutex::new(0),
+        written: Mutex::new(Vec::new()),
+        release: release.clone(),
+    });
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let mut client = MockAccrualClient::new();
+    let seen = asked.clone();
+    client.expect_order().returning(move |order| {
+        seen.lock().expect("lock").push(order.clone());
+        Ok(AccrualAnswer::Known {
+            status: AccrualStatus::Processed,
+            accrual: None,
+        })
+    });
+    let worker = AccrualWorker::new(
+        queue.clone(),
+        Arc::new(client),
+        clock(),
+        WorkerConfig {
+            concurrency: 1,
+            ..config()
+        },
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(Arc::new(Notify::new()), stop.clone()));
+
+    // One request slot, and the first answer's write is held: the second order is asked
+    // about all the same.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while asked.lock().expect("lock").len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the second order is asked about while the first answer is being written");
+    assert!(
+        !queue.written.lock().expect("lock").contains(&number(1)),
+        "the first answer's write is still held"
+    );
+
+    release.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while queue.written.lock().expect("lock").len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both answers are written");
+    stop.cancel();
+    running.await.expect("no panic");
+}
