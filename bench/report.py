@@ -141,6 +141,28 @@ def pooler_section(r):
               f"{fmt(a['p99_ms'], 2)} / {fmt(b['p99_ms'], 2)} / {fmt(c['p99_ms'], 2)} | {cpu(a)} | {cpu(b)} | {cpu(c)} | "
               f"{fmt(cost, 2)} {mark(cost is not None and cost <= 1.2)} | {a['errors']} / {b['errors']} / {c['errors']} |")
     w("")
+    if p.get("pgbench"):
+        w("PostgreSQL's own price of unnamed statements: each endpoint's SQL under pgbench with named prepared "
+          "statements (`-M prepared`, what the service keeps on each direct connection) and with unnamed ones "
+          "(`-M extended`: parsed and planned for every execution, what the unnamed mode sends), the service stopped, "
+          "same database. PostgreSQL's ratio is pgbench's unnamed throughput over its prepared throughput: "
+          "what PostgreSQL itself keeps when every statement is parsed and planned again; the service, where "
+          "PostgreSQL is one part of a request's cost, loses less.")
+        w("")
+        w("| endpoint | clients | pgbench prepared tx/s | pgbench unnamed tx/s | PostgreSQL's ratio | service's ratio (req/s, unnamed / prepared) | PostgreSQL CPU per tx prepared / unnamed |")
+        w("|---|---:|---:|---:|---:|---:|---|")
+        for name in ORDER:
+            modes = p["pgbench"].get(name)
+            if not modes:
+                continue
+            for a, b in zip(modes["prepared"], modes["extended"]):
+                service = next((pt for pt in p["endpoints"].get(name, []) if pt["clients"] == a["clients"]), None)
+                ratio = b["rps"] / a["rps"] if a["rps"] else None
+                served = (service["unnamed"]["rps"] / service["prepared"]["rps"]
+                          if service and service["prepared"]["rps"] else None)
+                w(f"| {LABELS[name]} | {a['clients']} | {fmt(a['rps'], 0)} | {fmt(b['rps'], 0)} | {fmt(ratio, 2)} | "
+                  f"{fmt(served, 2)} | {fmt(cpu_per_request(a, 'postgres'), 3)} / {fmt(cpu_per_request(b, 'postgres'), 3)} |")
+        w("")
     return out
 
 

@@ -444,9 +444,10 @@ def percentile(sorted_values, q):
     return sorted_values[index]
 
 
-def run_pgbench(script_path, clients, seconds, variables, sample_rate=None, cpu=None):
+def run_pgbench(script_path, clients, seconds, variables, sample_rate=None, cpu=None,
+                mode="prepared"):
     workdir = tempfile.mkdtemp(prefix="pgbench-", dir=OUT)
-    cmd = [PGBENCH, "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+    cmd = [PGBENCH, "-n", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)),
            "-T", str(int(round(seconds))), "-f", script_path, "-l", "--log-prefix",
            os.path.join(workdir, "tx")]
     if sample_rate is None:
@@ -703,11 +704,14 @@ def baseline_phase(accrual, tokens, results):
     results["baseline"] = out
 
 
-def pooler_phase(accrual, tokens, results):
+def pooler_phase(accrual, tokens, ids, results):
     """Every endpoint in three ways, on the same database, users and accrual system: direct with
     prepared statements (the default), direct with unnamed statements, and through PgBouncer
     with unnamed statements. They take turns, a fresh service for each run, as in the baseline
-    phase; per way, the mean of its runs is kept."""
+    phase; per way, the mean of its runs is kept. Then PostgreSQL's own price of unnamed
+    statements: each endpoint's SQL under pgbench with named prepared statements (`-M
+    prepared`) and with unnamed ones (`-M extended`, what the unnamed mode sends), the service
+    stopped."""
     unnamed = ["--database-prepared-statements", "false"]
     ways = {
         "prepared": (DB, []),
@@ -738,6 +742,22 @@ def pooler_phase(accrual, tokens, results):
             for way in ways:
                 point[way] = mean_of_runs([r for r in runs if r["way"] == way])
             out["endpoints"].setdefault(name, []).append(point)
+    cpu = CpuMeter()
+    for clients in POOLER_LEVELS:
+        for name, _label, _script, group in ENDPOINTS:
+            lo, hi = ids[group]
+            script = os.path.join(BENCH, "pgbench", f"{name}.sql")
+            variables = {"umin": lo, "umax": hi}
+            for mode in ("prepared", "extended"):
+                if WARMUP > 0:
+                    run_pgbench(script, clients, max(1, WARMUP), variables, mode=mode)
+                result = measured(lambda: run_pgbench(script, clients, DURATION, variables,
+                                                      cpu=cpu, mode=mode))
+                out.setdefault("pgbench", {}).setdefault(name, {}).setdefault(mode, []).append(result)
+                log(f"pgbench -M {mode:8} {name:8} c={clients:<3} {result['rps']:8.0f} tx/s")
+    # pgbench's orders and withdrawals (15 digits) go, as after the ceilings.
+    psql("DELETE FROM orders WHERE length(number) = 15")
+    psql("DELETE FROM withdrawals WHERE length(order_number) = 15")
     results["pooler"] = out
 
 
@@ -1124,7 +1144,7 @@ def main():
             baseline_phase(accrual, tokens, results)
 
         if "pooler" not in SKIP and POOLER_DB:
-            pooler_phase(accrual, tokens, results)
+            pooler_phase(accrual, tokens, ids, results)
 
         if "ceiling" not in SKIP:
             ceilings(ids, results)

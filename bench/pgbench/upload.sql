@@ -11,7 +11,7 @@ WITH ins AS (
                  ON CONFLICT (number) DO NOTHING
                  RETURNING number),
              q AS (
-                 INSERT INTO accrual_queue (order_number, next_attempt_at)
-                 SELECT number, now() FROM ins
+                 INSERT INTO accrual_queue (order_number, next_attempt_at, user_id)
+                 SELECT number, now(), :uid::int8 FROM ins
                  RETURNING order_number)
              SELECT count(*) AS inserted FROM q;
