@@ -28,7 +28,9 @@ pub use audit::{
 };
 pub use connection::{DbConnection, StatementMode};
 pub use gate::PgClusterGate;
-pub use listener::{listen_for_queued_orders, ANNOUNCE_INTERVAL, QUEUE_CHANNEL};
+pub use listener::{
+    listen_for_notifications, Wakes, ANNOUNCE_INTERVAL, GATE_CHANNEL, QUEUE_CHANNEL,
+};
 pub use migrations::{
     pending_migrations, run_migrations, run_migrations_in, MigrationError, MIGRATIONS,
 };

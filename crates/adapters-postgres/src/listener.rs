@@ -1,4 +1,5 @@
-//! Wakes the accrual workers when an order is queued, in this instance or any other.
+//! Wakes the accrual workers when an order is queued, in this instance or any other, and when
+//! another instance changed the shared accrual gate (a 429 it received).
 //!
 //! This instance's worker is woken in process as soon as an upload commits. Other instances
 //! learn of it through PostgreSQL's `LISTEN`/`NOTIFY`, sent by a background task, at most one
@@ -19,6 +20,11 @@ use crate::{prepared::prepared_statement, PgStore};
 
 /// The channel on which queued orders are announced (with an empty payload).
 pub const QUEUE_CHANNEL: &str = "gophermart_accrual_queue";
+
+/// The channel on which a change of the shared accrual gate is announced (with an empty
+/// payload): a 429 recorded by one instance reaches the others within a round trip instead of
+/// at their next read of the gate. Only a hastener: the gate is read on its own schedule too.
+pub const GATE_CHANNEL: &str = "gophermart_accrual_gate";
 
 /// The shortest time between two announcements.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(5);
@@ -83,23 +89,39 @@ impl PgStore {
     }
 }
 
-/// Listens on [`QUEUE_CHANNEL`] over a dedicated connection and wakes `wake` for every
-/// notification, until `stop` is cancelled. A lost connection is re-opened after a pause (and
-/// `wake` is woken then, so nothing queued meanwhile waits for the poll interval).
-pub async fn listen_for_queued_orders(url: String, wake: Arc<Notify>, stop: CancellationToken) {
+/// What [`listen_for_notifications`] wakes.
+#[derive(Debug, Clone)]
+pub struct Wakes {
+    /// The accrual worker, for orders queued by other instances ([`QUEUE_CHANNEL`]).
+    pub queue: Arc<Notify>,
+    /// The accrual gate's follower, for a change another instance made ([`GATE_CHANNEL`]).
+    pub gate: Arc<Notify>,
+}
+
+/// Listens on [`QUEUE_CHANNEL`] and [`GATE_CHANNEL`] over a dedicated connection and wakes the
+/// matching [`Wakes`] for every notification, until `stop` is cancelled. A lost connection is
+/// re-opened after a pause (and both are woken then, so nothing that happened meanwhile waits
+/// for the next poll).
+pub async fn listen_for_notifications(url: String, wakes: Wakes, stop: CancellationToken) {
     let mut pause = Duration::from_millis(100);
     loop {
         let session = async {
             let mut conn = AsyncPgConnection::establish(&url).await?;
-            diesel::sql_query(format!("LISTEN {QUEUE_CHANNEL}"))
-                .execute(&mut conn)
-                .await?;
-            tracing::debug!("listening for queued orders");
-            wake.notify_one();
+            for channel in [QUEUE_CHANNEL, GATE_CHANNEL] {
+                diesel::sql_query(format!("LISTEN {channel}"))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            tracing::debug!("listening for queued orders and gate changes");
+            wakes.queue.notify_one();
+            wakes.gate.notify_one();
             let mut notifications = std::pin::pin!(conn.notifications_stream());
             while let Some(notification) = notifications.next().await {
-                notification?;
-                wake.notify_one();
+                if notification?.channel == GATE_CHANNEL {
+                    wakes.gate.notify_one();
+                } else {
+                    wakes.queue.notify_one();
+                }
             }
             Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
         };
@@ -107,7 +129,7 @@ pub async fn listen_for_queued_orders(url: String, wake: Arc<Notify>, stop: Canc
             () = stop.cancelled() => return,
             result = session => {
                 if let Err(error) = result {
-                    tracing::warn!(error = %error, "lost the queue notification connection; polling meanwhile");
+                    tracing::warn!(error = %error, "lost the notification connection; polling meanwhile");
                 }
             }
         }

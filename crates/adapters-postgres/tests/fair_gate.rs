@@ -311,3 +311,34 @@ async fn a_batch_of_final_outcomes_credits_each_order_exactly_once() {
         .expect("claim");
     assert!(left.is_empty(), "no queue entry is left: {left:?}");
 }
+
+#[tokio::test]
+async fn a_pause_recorded_by_one_instance_is_announced_to_the_others() {
+    let db = TestDatabase::create().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Another instance's listener, with its gate follower's wake.
+    let gate_changed = Arc::new(tokio::sync::Notify::new());
+    let listener = tokio::spawn(adapters_postgres::listen_for_notifications(
+        db.url().to_owned(),
+        adapters_postgres::Wakes {
+            queue: Arc::default(),
+            gate: gate_changed.clone(),
+        },
+        stop.clone(),
+    ));
+    // It wakes once when it starts listening.
+    tokio::time::timeout(Duration::from_secs(10), gate_changed.notified())
+        .await
+        .expect("listening");
+
+    PgClusterGate::new(db.store(), GATE)
+        .record_rate_limit(Duration::from_secs(60), None, LAPSE)
+        .await
+        .expect("429 recorded");
+
+    tokio::time::timeout(Duration::from_secs(10), gate_changed.notified())
+        .await
+        .expect("the other instance is told of the pause");
+    stop.cancel();
+    listener.await.expect("listener stops");
+}

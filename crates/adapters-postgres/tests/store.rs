@@ -1,6 +1,6 @@
 //! The PostgreSQL store against a real server: constraints, races and the queue's guarantees.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use adapters_postgres::{testing::TestDatabase, PgStore};
 use application::ports::{
@@ -640,9 +640,12 @@ async fn uploads_are_announced_to_the_workers_of_other_instances() {
     // Another instance: its own pool, its worker's wake, and its listener.
     let elsewhere = db.store();
     let wake = elsewhere.queue_wake();
-    let listener = tokio::spawn(adapters_postgres::listen_for_queued_orders(
+    let listener = tokio::spawn(adapters_postgres::listen_for_notifications(
         db.url().to_owned(),
-        wake.clone(),
+        adapters_postgres::Wakes {
+            queue: wake.clone(),
+            gate: Arc::default(),
+        },
         stop.clone(),
     ));
     // The listener wakes once when it starts listening.

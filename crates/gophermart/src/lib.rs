@@ -13,8 +13,8 @@ use adapters_accrual::{normalize_base_url, AccrualClientConfig, HttpAccrualClien
 use adapters_crypto::{BcryptHasher, JwtTokens};
 use adapters_http::{http_server, AppState, Metrics, Operations, ServerConfig};
 use adapters_postgres::{
-    listen_for_queued_orders, run_migrations_in, PgClusterGate, PgPoolConfig, PgStore,
-    StatementMode,
+    listen_for_notifications, run_migrations_in, PgClusterGate, PgPoolConfig, PgStore,
+    StatementMode, Wakes,
 };
 use anyhow::Context;
 use application::{
@@ -199,14 +199,18 @@ impl Application {
 
         let stop = CancellationToken::new();
         let wake = store.queue_wake();
+        let wakes = Wakes {
+            queue: wake.clone(),
+            gate: worker.gate().changes(),
+        };
         let mut background = vec![
             tokio::spawn(store.clone().announce_queued_orders(stop.clone())),
-            tokio::spawn(worker.run(wake.clone(), stop.clone())),
+            tokio::spawn(worker.run(wake, stop.clone())),
         ];
         if let Some(listen_url) = listen_url {
-            background.push(tokio::spawn(listen_for_queued_orders(
+            background.push(tokio::spawn(listen_for_notifications(
                 listen_url,
-                wake,
+                wakes,
                 stop.clone(),
             )));
         }

@@ -34,6 +34,8 @@ pub struct RateGate {
     cluster: Option<Arc<dyn ClusterGate>>,
     /// One request for a shared slot at a time from this process.
     slot_turn: tokio::sync::Mutex<()>,
+    /// Woken when another instance announces a change of the shared state.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for RateGate {
@@ -99,6 +101,26 @@ impl RateGate {
             }),
             cluster,
             slot_turn: tokio::sync::Mutex::new(()),
+            changed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// What to wake when another instance announces that it changed the shared state (a 429
+    /// it received): the worker then reads the state at once instead of at its next sync, so
+    /// that a pause stops this instance's requests within a round trip. Announcements only
+    /// hasten it: without them the state is still read every [`SYNC_INTERVAL`].
+    #[must_use]
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
+    /// Waits for an announced change and reads the shared state, until `stop` is cancelled.
+    pub async fn follow_changes(&self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.changed.notified() => self.refresh().await,
+            }
         }
     }
 
@@ -179,16 +201,23 @@ impl RateGate {
 
     /// Reads the shared state when the copy here is older than [`SYNC_INTERVAL`].
     pub async fn sync(&self) {
-        let Some(cluster) = &self.cluster else {
+        if self.cluster.is_none() {
             return;
-        };
+        }
         let stale = self
             .lock()
             .synced_at
             .is_none_or(|at| at.elapsed() >= SYNC_INTERVAL);
-        if !stale {
-            return;
+        if stale {
+            self.refresh().await;
         }
+    }
+
+    /// Reads the shared state now, however fresh the copy here.
+    pub async fn refresh(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
         match cluster.read(PACE_LAPSES_AFTER).await {
             Ok(shared) => self.adopt(shared),
             Err(error) => {
@@ -311,6 +340,41 @@ mod tests {
             interval: Some(interval),
             ..GateState::default()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_announced_by_another_instance_is_read_at_once() {
+        let mut cluster = MockClusterGate::new();
+        let mut reads = 0;
+        cluster.expect_read().times(2).returning(move |_| {
+            reads += 1;
+            Ok(if reads == 1 {
+                GateState::default()
+            } else {
+                GateState {
+                    paused_for: Some(Duration::from_secs(30)),
+                    ..GateState::default()
+                }
+            })
+        });
+        let gate = Arc::new(RateGate::shared(Arc::new(cluster)));
+        gate.sync().await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let following = tokio::spawn({
+            let gate = gate.clone();
+            let stop = stop.clone();
+            async move { gate.follow_changes(stop).await }
+        });
+
+        // Another instance recorded a 429 and announced it, well within the sync interval.
+        gate.changes().notify_one();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+
+        assert!(gate.is_paused(), "the pause is known before the next sync");
+        assert!(gate.try_admit().await.is_err());
+        stop.cancel();
+        following.await.expect("no panic");
     }
 
     #[tokio::test(start_paused = true)]

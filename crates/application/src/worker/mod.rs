@@ -173,6 +173,11 @@ impl AccrualWorker {
     /// next, so that no entry waits at the gate ahead of another customer's.
     pub async fn run(self, wake: Arc<Notify>, stop: CancellationToken) {
         let (applier, applying) = Applier::start(self.queue.clone(), self.stats.clone());
+        let following = tokio::spawn({
+            let gate = self.gate.clone();
+            let stop = stop.clone();
+            async move { gate.follow_changes(stop).await }
+        });
         let mut in_flight: JoinSet<()> = JoinSet::new();
         let slots = Slots::new(self.config.concurrency);
         loop {
@@ -199,9 +204,12 @@ impl AccrualWorker {
                     () = stop.cancelled() => {}
                     () = tokio::time::sleep_until(opens) => {}
                 }
+                // A limit was met: the slots open gradually from when the gate opens.
+                slots.restart_ramp();
                 continue;
             }
             if self.gate.is_paced() {
+                slots.restart_ramp();
                 match self
                     .serve_one_in_turn(&applier, &slots, &mut in_flight)
                     .await
@@ -226,6 +234,9 @@ impl AccrualWorker {
                     )
                     .await;
                 let count = claimed.len();
+                if count > 0 {
+                    slots.busy();
+                }
                 // Slots left over when fewer entries were due go back.
                 for (entry, slot) in claimed.into_iter().zip(taken.drain(..)) {
                     let worker = self.clone();
@@ -254,6 +265,7 @@ impl AccrualWorker {
                     continue;
                 }
             }
+            slots.idle();
             let sleep = self.idle_sleep().await;
             tokio::select! {
                 () = stop.cancelled() => {}
@@ -265,6 +277,9 @@ impl AccrualWorker {
         drop(applier);
         if let Err(error) = applying.await {
             tracing::error!(%error, "the accrual answer writer failed");
+        }
+        if let Err(error) = following.await {
+            tracing::error!(%error, "following the shared accrual gate failed");
         }
     }
 

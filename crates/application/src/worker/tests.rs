@@ -564,8 +564,8 @@ async fn answers_that_arrive_together_are_written_in_one_batch() {
     );
 }
 
-#[tokio::test]
-async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_free_slots_earliest_due_first() {
+#[tokio::test(start_paused = true)]
+async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_open_slots_earliest_due_first() {
     let mut queue = MockAccrualQueue::new();
     let asked = Arc::new(Mutex::new(Vec::new()));
     let seen = asked.clone();
@@ -585,13 +585,54 @@ async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_free_slots_earl
     );
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker.run(Arc::new(Notify::new()), stop.clone()));
-    while asked.lock().expect("lock").is_empty() {
+    // Nothing is due: the worker looks again after its poll interval.
+    while asked.lock().expect("lock").len() < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.cancel();
     running.await.expect("no panic");
 
-    assert_eq!(asked.lock().expect("lock")[0], (6, ClaimOrder::DueFirst));
+    // One slot open at first (slow start), all six a poll interval later.
+    assert_eq!(
+        asked.lock().expect("lock")[..2],
+        [(1, ClaimOrder::DueFirst), (6, ClaimOrder::DueFirst)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_pause_the_slots_open_gradually_again() {
+    let mut queue = MockAccrualQueue::new();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    queue.expect_claim().returning(move |limit, _, _, _| {
+        seen.lock().expect("lock").push(limit);
+        Ok(vec![])
+    });
+    queue.expect_next_due().returning(|_| Ok(None));
+    let worker = AccrualWorker::new(
+        Arc::new(queue),
+        Arc::new(MockAccrualClient::new()),
+        clock(),
+        WorkerConfig {
+            concurrency: 6,
+            poll_interval: Duration::from_millis(20),
+            ..config()
+        },
+    );
+    // All six slots are open by the time a 429 pauses every request for two seconds.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    worker.gate().pause_for(Duration::from_secs(2));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.clone().run(Arc::new(Notify::new()), stop.clone()));
+    while asked.lock().expect("lock").len() < 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    running.await.expect("no panic");
+
+    // Nothing is claimed during the pause; then one slot, two, four...
+    let asked = asked.lock().expect("lock");
+    assert_eq!(asked[..4], [1, 1, 1, 2]);
 }
 
 /// A queue of a few entries whose first write of final outcomes is held until released.
