@@ -316,9 +316,31 @@ def report(r):
           f"p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms ({p['processed']} processed). Measured "
           f"in the database: `orders.updated_at` (set by the crediting transaction) minus "
           f"`orders.uploaded_at` (the upload's time).")
+    uploads = [g for g in r["grid"].get("upload", []) if g.get("uploaded")]
+    if uploads:
+        w("- While uploads arrive (the endpoint grid's upload runs; every number registered in the "
+          "accrual system, which answers at once): this run's orders credited when the run ended, of "
+          "those uploaded. The worker, the accrual system and PostgreSQL's crediting share the cores "
+          "with the uploads, so the upload figures include that work: "
+          + "; ".join(f"{g['clients']} clients {g['credited_by_end']:,} of {g['uploaded']:,} "
+                      f"({g['credited_by_end'] / g['uploaded']:.0%})" for g in uploads) + ".")
+    if "drain" in r:
+        dr = r["drain"]
+        cpu = dr.get("cpu_seconds") or {}
+        per = lambda k: f"{cpu[k] * 1000 / dr['processed']:.3f}" if cpu.get(k) and dr["processed"] else "?"
+        up = dr.get("upload_rps_64_clients_same_run")
+        w(f"- Drain: a backlog of {dr['orders']:,} orders queued while no instance ran, then one instance "
+          f"started: {dr['processed']:,} processed in {dr['seconds']:.2f} s = **{dr['per_second']:,.0f} "
+          f"orders/s**" + (f", {dr['drain_to_upload']:.2f} × the upload rate at 64 clients of this run "
+                            f"({up:,.0f}/s)" if up else "")
+          + f"; CPU per order (ms) gophermart {per('gophermart')}, accrual {per('accrual')}, "
+          f"PostgreSQL {per('postgres')}.")
     if "rate_limit" in r:
         q = r["rate_limit"]
         steady = q.get("steady")
+        if q.get("instances"):
+            w(f"- {q['instances']} instances under one limit: after the first minute "
+              f"{q['after_first_minute_per_minute']:.1f} per minute = **{q['after_first_minute_fraction_of_limit']:.2f} N**.")
         w(f"- Accrual limit N = {q['limit_per_minute']} per minute, a backlog of {q['backlog']} orders "
           f"uploaded in {q['upload_seconds']:.1f} s, counted over {q['window_seconds']:.0f} s: "
           f"{q['completed_in_window']} completed = {q['per_minute']:.1f} per minute = "
@@ -385,6 +407,14 @@ def report(r):
         q = r["rate_limit"]
         w(f"| ≥ 0.95 N completed per minute under a limit of N | {q['fraction_of_limit']:.3f} N | {mark(q['fraction_of_limit'] >= 0.95)} |")
         w(f"| at most a handful (≤ {HANDFUL}) of 429s | {q['rate_limited_429']} | {mark(q['rate_limited_429'] <= HANDFUL)} |")
+        if q.get("after_first_minute_fraction_of_limit") is not None:
+            f = q["after_first_minute_fraction_of_limit"]
+            w(f"| {q.get('instances', 1)} instances: ≥ 0.9 N useful requests a minute after the first minute | {f:.2f} N | {mark(f >= 0.9)} |")
+            n = q["rate_limited_429"]
+            w(f"| {q.get('instances', 1)} instances: at most 5 × 429 in a {q['window_seconds']:.0f} s run | {n} | {mark(n <= 5)} |")
+    if "drain" in r and r["drain"].get("drain_to_upload") is not None:
+        x = r["drain"]["drain_to_upload"]
+        w(f"| drain of the backlog ≥ the upload rate at 64 clients | {x:.2f} × | {mark(x >= 1)} |")
     if peaks:
         peak = max(peaks)
         w(f"| peak RSS under load < 60 MB | {peak / 1024:.1f} MiB ({peak * 1024 / 1e6:.1f} MB) | {mark(peak * 1024 < 60e6)} |")

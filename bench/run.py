@@ -577,6 +577,13 @@ def endpoint_run(gm, accrual, tokens, endpoint, clients, seconds, prefix, cpu=No
         extra = [prefix]
     result = run_wrk(gm.url, script, clients, seconds, [tokens[group], *extra], cpu)
     if name == "upload":
+        # How far the accrual worker, which shares the cores, kept up during the run: this
+        # run's orders credited by its end, against those uploaded (upload.lua's numbers: the
+        # prefix, a stream digit, eight digits, the check digit).
+        counts = psql(f"""SELECT count(*), count(*) FILTER (WHERE status = 'PROCESSED')
+                          FROM orders WHERE number LIKE '{prefix}%'
+                          AND length(number) = {len(prefix) + 10}""").split("|")
+        result["uploaded"], result["credited_by_end"] = int(counts[0]), int(counts[1])
         generated = sum(result["generated_per_thread"])
         result["uploads_not_registered_in_accrual"] = max(
             0, sum(max(0, g - per_thread) for g in result["generated_per_thread"]))
