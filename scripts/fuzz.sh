@@ -176,12 +176,30 @@ TOML
 # teaches Schemathesis to draw numbers with a right checksum, so that valid data is valid.
 hooks="$report_dir/hooks.py"
 cat >"$hooks" <<'PY'
-"""Schemathesis hooks of scripts/fuzz.sh: the `luhn` string format of order numbers, and the
-funded customer's token for the stateful run."""
+"""Schemathesis hooks of scripts/fuzz.sh: the `luhn` string format of order numbers, the
+funded customer's token for the stateful run, and one parse at a time."""
+import ast
 import os
+import threading
 
 import schemathesis
 from hypothesis import strategies as st
+
+# Python 3.11's AST constructor keeps its recursion counter in state all threads share: two
+# workers in `ast.parse` at once (Hypothesis parses the source of lambdas to describe strategies)
+# can fail with "SystemError: AST constructor recursion depth mismatch". Hypothesis then sees a
+# flaky test, which Schemathesis takes for a clean end: one run fuzzed the withdrawal with 9 cases
+# instead of FUZZ_EXAMPLES. Parsing one at a time costs nothing (Hypothesis caches the trees).
+_parse = ast.parse
+_parsing = threading.RLock()
+
+
+def _parse_alone(*args, **kwargs):
+    with _parsing:
+        return _parse(*args, **kwargs)
+
+
+ast.parse = _parse_alone
 
 
 def with_check_digit(payload):
