@@ -85,7 +85,7 @@ bench:
 fuzz:
 	scripts/fuzz.sh
 
-# The short fuzzing run of `make test`: 30 cases per operation and 30 stateful sequences at
-# most, a fixed seed.
+# The short fuzzing run of `make test`: 30 cases per operation and 30 stateful sequences (one
+# round of the stateful phase is enough), a fixed seed.
 fuzz-short:
 	FUZZ_EXAMPLES=30 FUZZ_SEED=20261122 scripts/fuzz.sh
