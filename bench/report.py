@@ -5,6 +5,7 @@ Usage: bench/report.py RESULTS.json OUT.md
 """
 
 import json
+import math
 import statistics
 import sys
 
@@ -369,10 +370,11 @@ def report(r):
             w(f"Sign-ins meanwhile: {lg['rps']:.1f}/s, p50 {lg['p50_ms']:.0f} ms, p99 {lg['p99_ms']:.0f} ms, "
               f"errors {lg['errors']}.")
         else:
-            w(f"Sign-ins meanwhile: {served:.1f} served per second; {lg['refused']} refused at once "
-              f"with 503 (too many waiting for a hashing thread) out of {lg['requests']} "
-              f"({lg['rps']:.0f} answers/s); latency of all answers p50 {lg['p50_ms']:.1f} ms, "
-              f"p99 {lg['p99_ms']:.0f} ms; other errors {lg['errors'] - lg['refused']}.")
+            w(f"Sign-ins meanwhile: {served:.1f} served per second; {lg['refused']} refused with 503 "
+              f"(too many waiting for a hashing thread; answered after a pause) out of "
+              f"{lg['requests']} ({lg['rps']:.0f} answers/s); latency of all answers p50 "
+              f"{lg['p50_ms']:.1f} ms, p99 {lg['p99_ms']:.0f} ms; other errors "
+              f"{lg['errors'] - lg['refused']}.")
         if "served_of_allowed" in lg:
             w("")
             w(f"The hasher allows {lg['allowed_per_second']:.2f} sign-ins per second "
@@ -380,6 +382,20 @@ def report(r):
               f"{statistics.median(lg['sign_in_alone_ms']):.0f} ms, the median of "
               f"{len(lg['sign_in_alone_ms'])} sign-ins of one client alone just before the storm): "
               f"served **{lg['served_of_allowed']:.2f}** of it.")
+        w("")
+
+    if "freeze" in r:
+        fz = r["freeze"]
+        w("### One HTTP worker frozen")
+        w("")
+        w(f"{fz['clients']} clients read their balance (`loadgen probe`, one connection each) for "
+          f"{fz['seconds']:.0f} s; 2 s in, one of the {fz['http_workers']} HTTP worker threads is "
+          f"frozen for {fz['frozen_seconds']:g} s (cgroup freezer). **{fz['stalled_clients']} of "
+          f"{fz['clients']} clients** waited for it (longest request {fz['stalled_longest_ms']:.0f} ms); "
+          f"the other clients had {fz['others_slower_than_100ms']} requests over 100 ms"
+          + (f" (longest {fz['others_longest_ms']:.0f} ms)" if fz['others_slower_than_100ms'] else "")
+          + f". All requests: {fmt(fz['rps'], 0)} req/s, p50 {fz['p50_ms']:.2f} ms, "
+          f"p99 {fz['p99_ms']:.2f} ms, max {fz['max_ms']:.0f} ms.")
         w("")
 
     w("### Targets")
@@ -424,6 +440,17 @@ def report(r):
     if "storm" in r:
         d = r["storm"]["during"]
         w(f"| balance p99 < 20 ms during a login storm | {d['p99_ms']:.2f} ms | {mark(d['p99_ms'] < 20)} |")
+        lg = r["storm"]["logins"]
+        if "served_of_allowed" in lg:
+            w(f"| sign-ins served during the storm ≥ 0.9 of what the hasher allows | "
+              f"{lg['served_of_allowed']:.2f} | {mark(lg['served_of_allowed'] >= 0.9)} |")
+    if "freeze" in r:
+        fz = r["freeze"]
+        # actix hands new connections to its workers in turn: a worker serves clients / workers.
+        own = math.ceil(fz['clients'] / fz['http_workers'])
+        w(f"| a frozen HTTP worker holds up only its own clients (≤ {own} of {fz['clients']}) | "
+          f"{fz['stalled_clients']} of {fz['clients']} clients waited | "
+          f"{mark(fz['stalled_clients'] <= own)} |")
     w("")
     return "\n".join(out)
 

@@ -22,6 +22,8 @@ Phases, in order (see docs/benchmarks.md for what each figure means):
      then the drain: a backlog of BENCH_DRAIN_COUNT orders worked off by one fresh instance,
      against the upload rate at 64 clients of the same run;
   7. login storm: balance latency while sign-ins (bcrypt cost 12) run flat out;
+  7b. frozen worker: one HTTP worker thread frozen for a second while balance reads run, to see
+     that only the requests of that worker wait (needs cgroup v1's freezer, as root);
   8. accrual rate limit: orders completed per minute under a limit of N per minute, and 429s.
 
 Settings (environment): BENCH_DURATION (s per point, 5), BENCH_WARMUP (s, 1), BENCH_LEVELS
@@ -30,7 +32,8 @@ BENCH_RATE_INSTANCES (3, sharing the limit), BENCH_STORM_SECONDS (10), BENCH_MIX
 BENCH_PIPELINE_COUNT (500), BENCH_USERS (per set, 1000), BENCH_BIN_DIR (target/release),
 BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gophermart, the
 baseline's included), BENCH_SKIP (comma-separated phases to skip: grid, baseline, ceiling,
-mixed, pipeline, storm, drain, ratelimit, pooler; storm leaves out the baseline's storms too),
+mixed, pipeline, storm, freeze, drain, ratelimit, pooler; storm leaves out the baseline's storms
+too),
 BENCH_DRAIN_COUNT (the drain phase's backlog, 50000).
 Before and after: BENCH_BASELINE_BIN_DIR (the baseline build's binaries; only its gophermart
 is used), BENCH_BASELINE_LABEL (its name in the report; default the folder),
@@ -94,6 +97,10 @@ STORM_USERS = 16
 STORM_LOGIN_CLIENTS = 64
 STORM_BALANCE_CLIENTS = 16
 STORM_HASH_SAMPLES = 7
+# Phase "freeze": balance readers, and how long one HTTP worker thread is frozen among them.
+FREEZE_CLIENTS = 16
+FREEZE_SECONDS = 1.0
+FREEZER = "/sys/fs/cgroup/freezer"
 
 # The endpoints of the grid: wrk script, tokens set, pgbench script.
 ENDPOINTS = [
@@ -1008,6 +1015,106 @@ def storm(gm, tokens):
     return figures
 
 
+def http_worker_threads(pid):
+    """The thread ids of gophermart's HTTP workers (actix names them "actix-server worker N")."""
+    tids = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().startswith("actix-server wo"):
+                tids.append(tid)
+    return tids
+
+
+# The freezer group of the "freeze" phase while it exists: thawed and removed at exit whatever
+# ends the run (a frozen thread cannot even be killed).
+FROZEN_GROUP = []
+
+
+def thaw():
+    for group in FROZEN_GROUP:
+        try:
+            with open(os.path.join(group, "freezer.state"), "w") as f:
+                f.write("THAWED")
+            with open(os.path.join(group, "tasks")) as f:
+                tasks = f.read().split()
+            for task in tasks:
+                with open(os.path.join(FREEZER, "tasks"), "w") as f:
+                    f.write(task)
+            os.rmdir(group)
+        except OSError as e:
+            log(f"bench: could not remove the freezer group {group}: {e}")
+    FROZEN_GROUP.clear()
+
+
+atexit.register(thaw)
+
+
+def frozen_worker(accrual, tokens):
+    """Balance reads by FREEZE_CLIENTS clients (loadgen probe: every request's connection and
+    duration) while one HTTP worker thread of a fresh gophermart is frozen for FREEZE_SECONDS,
+    as a thread the kernel (or the hypervisor) does not run for a while. The clients that worker
+    serves wait; the others must not, whatever they share with it (the database connections'
+    I/O ran on the worker that opened each one, which made every client wait). Returns the
+    figures, or None when the freezer is not available."""
+    if not (os.path.isfile(os.path.join(FREEZER, "tasks")) and os.access(FREEZER, os.W_OK)):
+        log("frozen worker: skipped (needs cgroup v1's freezer at /sys/fs/cgroup/freezer, as root)")
+        return None
+    gm = Gophermart(accrual.url, log_name="gophermart-freeze")
+    try:
+        # Warm up, as the grid does: the pool opens its connections.
+        run_wrk(gm.url, "balance.lua", FREEZE_CLIENTS, max(1, WARMUP), [tokens["read"]])
+        workers = http_worker_threads(gm.proc.pid)
+        seconds = 2.0 + FREEZE_SECONDS + 2.0
+        probe = subprocess.Popen(
+            [os.path.join(BIN, "loadgen"), "probe", "--base", gm.url, "--tokens", tokens["read"],
+             "--clients", str(FREEZE_CLIENTS), "--duration", str(seconds), "--slow-ms", "100"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        group = os.path.join(FREEZER, f"gophermart-bench-{os.getpid()}")
+        os.mkdir(group)
+        FROZEN_GROUP.append(group)
+        with open(os.path.join(group, "tasks"), "w") as f:
+            f.write(workers[0])
+        with open(os.path.join(group, "freezer.state"), "w") as f:
+            f.write("FROZEN")
+        time.sleep(FREEZE_SECONDS)
+        thaw()
+        stdout, stderr = probe.communicate()
+        if probe.returncode != 0:
+            sys.exit(f"bench: loadgen probe failed: {stderr}")
+        raw = json.loads(stdout)
+    finally:
+        thaw()
+        gm.stop()
+    # A client of the frozen worker waits about the whole freeze; one of another worker not at
+    # all, or as long as that worker waits on the frozen one.
+    longest = {}
+    for request in raw["slow"]:
+        longest[request["client"]] = max(longest.get(request["client"], 0.0), request["ms"])
+    stalled = sorted(c for c, ms in longest.items() if ms >= FREEZE_SECONDS * 1000 / 2)
+    others = [ms for c, ms in longest.items() if c not in stalled]
+    figures = {
+        "clients": FREEZE_CLIENTS,
+        "http_workers": len(workers),
+        "frozen_seconds": FREEZE_SECONDS,
+        "seconds": raw["seconds"],
+        "requests": raw["requests"],
+        "rps": raw["rps"],
+        "p50_ms": raw["p50_ms"],
+        "p99_ms": raw["p99_ms"],
+        "max_ms": raw["max_ms"],
+        "connections_opened": raw["connections_opened"],
+        "stalled_clients": len(stalled),
+        "stalled_longest_ms": max((longest[c] for c in stalled), default=0.0),
+        "others_slower_than_100ms": len(others),
+        "others_longest_ms": max(others, default=0.0),
+    }
+    log(f"frozen worker: {len(stalled)} of {FREEZE_CLIENTS} clients waited for the frozen one of "
+        f"{len(workers)} workers (longest {figures['stalled_longest_ms']:.0f} ms); the others' "
+        f"longest request {figures['others_longest_ms']:.0f} ms (0: none over 100 ms)")
+    return figures
+
+
 def clear_queue_leftovers(phase):
     """Removes queue entries that earlier phases left (orders the accrual system did not know),
     which would otherwise take the worker's requests in `phase`; says how many there were."""
@@ -1166,6 +1273,10 @@ def main():
             results["storm"] = storm(gm, tokens)
         results["rss_kb"]["peak_after_mixed_pipeline_storm"] = gm.peak_rss_kb()
         gm.stop()
+        if "freeze" not in SKIP:
+            frozen = frozen_worker(accrual, tokens)
+            if frozen:
+                results["freeze"] = frozen
         if "drain" not in SKIP:
             drain(accrual, ids, results)
     finally:

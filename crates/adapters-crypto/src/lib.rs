@@ -2,6 +2,7 @@
 
 mod password;
 mod password_format;
+mod priority;
 mod token;
 
 pub use password::{default_concurrency, BcryptHasher};

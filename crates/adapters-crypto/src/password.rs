@@ -8,9 +8,12 @@
 //! once as [`HashingError::Busy`] instead of waiting for seconds. A sign-in whose caller goes
 //! while it waits leaves the queue and is not hashed.
 //!
-//! The hashes run at normal priority on purpose: on threads at nice 19 they made the HTTP
-//! workers stall for up to a second during a storm (a low-priority thread preempted while
-//! holding a lock the workers share with it keeps it until the scheduler runs it again).
+//! While it hashes, a thread runs some nice levels above its own priority where the system
+//! allows it (see [`crate::priority`]), so that during a storm the hashes get the cores the
+//! concurrency gives them instead of a fair share among every runnable thread. Never below:
+//! on threads at nice 19 hashes made the HTTP workers stall for up to a second during a storm
+//! (a low-priority thread preempted while holding a lock the workers share with it keeps it
+//! until the scheduler runs it again).
 
 use std::{
     sync::{
@@ -25,7 +28,7 @@ use async_trait::async_trait;
 use domain::Password;
 use tokio::sync::Semaphore;
 
-use crate::password_format;
+use crate::{password_format, priority::Priority};
 
 /// The longest a sign-in should wait for its turn; beyond it sign-ins are refused.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
@@ -67,6 +70,8 @@ struct Shared {
     hash_nanos: AtomicU64,
     /// Hashes done so far.
     hashes: AtomicU64,
+    /// Whether hashes run raised above their thread's priority.
+    priority: Priority,
 }
 
 impl BcryptHasher {
@@ -109,12 +114,18 @@ impl BcryptHasher {
             max_wait,
             hash_nanos: AtomicU64::new(0),
             hashes: AtomicU64::new(0),
+            // Raised hashes leave the other threads a core only while fewer run than there are
+            // cores.
+            priority: Priority::new(concurrency < available_cores()),
         });
         // Make the dummy hash now, in the background, so that the first unknown login takes
         // no longer than any other (without a runtime it is made when first needed).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let shared = shared.clone();
-            runtime.spawn_blocking(move || shared.timed(|shared| shared.dummy().map(drop)));
+            runtime.spawn_blocking(move || {
+                let _raised = shared.priority.raise();
+                shared.timed(|shared| shared.dummy().map(drop))
+            });
         }
         Ok(Self { shared })
     }
@@ -160,6 +171,7 @@ impl BcryptTurn {
         drop(self.waiting);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _raised = shared.priority.raise();
             shared.timed(work)
         })
         .await
@@ -237,10 +249,11 @@ impl Shared {
 /// else; at least one.
 #[must_use]
 pub fn default_concurrency() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get().saturating_sub(1))
-        .unwrap_or(1)
-        .max(1)
+    available_cores().saturating_sub(1).max(1)
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 impl PasswordHasher for BcryptHasher {
@@ -492,6 +505,26 @@ mod tests {
             1
         );
         assert_eq!(hasher.shared.waiting.load(Ordering::Relaxed), 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_hash_runs_raised_above_its_threads_priority_where_that_is_allowed() {
+        use crate::priority::{nice_of_this_thread, raising_is_allowed, BOOST};
+        let hasher = BcryptHasher::with_queue(4, 1, 4, MAX_WAIT).expect("cost");
+        let own = std::thread::spawn(nice_of_this_thread)
+            .join()
+            .expect("thread");
+
+        let during = hasher
+            .take_turn()
+            .expect("a turn")
+            .run(|_| Ok(nice_of_this_thread()))
+            .await
+            .expect("ran");
+
+        let raised = raising_is_allowed() && available_cores() > 1;
+        assert_eq!(during, if raised { (own - BOOST).max(-20) } else { own });
     }
 
     #[test]

@@ -31,10 +31,20 @@ pub struct PgPoolConfig {
     pub connect_timeout: Duration,
     /// Named prepared statements (the default), or unnamed ones for a transaction pooler.
     pub statements: StatementMode,
+    /// The runtime that opens every connection and so drives its I/O, whichever task borrows
+    /// it; `None`: the runtime of whichever caller happens to open it.
+    ///
+    /// A connection's reads and writes are done by a task spawned on the runtime that opened
+    /// it. An HTTP worker is a thread with a runtime of its own: left to open connections, each
+    /// worker drives some of the pool's, and a worker whose thread does not run for a while
+    /// stalls the requests of every other worker that borrow one of them. Give the service's
+    /// main runtime here, so that HTTP workers only wait on their own thread.
+    pub driver: Option<tokio::runtime::Handle>,
 }
 
 impl PgPoolConfig {
-    /// Defaults suited to a small machine: 16 connections, waits of 5 seconds.
+    /// Defaults suited to a small machine: 16 connections, waits of 5 seconds, connections
+    /// driven by whichever runtime opens them.
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
         Self {
@@ -43,6 +53,7 @@ impl PgPoolConfig {
             wait_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             statements: StatementMode::Prepared,
+            driver: None,
         }
     }
 
@@ -59,7 +70,20 @@ impl PgPoolConfig {
         let mut manager_config = ManagerConfig::default();
         manager_config.recycling_method = RecyclingMethod::Fast;
         let mode = self.statements;
-        manager_config.custom_setup = Box::new(move |url| DbConnection::open(url, mode).boxed());
+        let driver = self.driver.clone();
+        manager_config.custom_setup = Box::new(move |url| match &driver {
+            None => DbConnection::open(url, mode).boxed(),
+            Some(runtime) => {
+                let url = url.to_owned();
+                let opening = runtime.spawn(async move { DbConnection::open(&url, mode).await });
+                async move {
+                    opening.await.map_err(|e| {
+                        diesel::ConnectionError::BadConnection(format!("opening a connection: {e}"))
+                    })?
+                }
+                .boxed()
+            }
+        });
         let manager = AsyncDieselConnectionManager::<DbConnection>::new_with_config(
             self.url.clone(),
             manager_config,

@@ -102,6 +102,9 @@ impl Application {
         pool.wait_timeout = Duration::from_millis(config.database_timeout_ms);
         pool.connect_timeout = Duration::from_millis(config.database_timeout_ms);
         pool.statements = statements;
+        // Connections are opened, and their I/O driven, on this (the main) runtime, not on
+        // the HTTP worker that first needs one: see `PgPoolConfig::driver`.
+        pool.driver = Some(tokio::runtime::Handle::current());
         let store = PgStore::new(pool.build().context("building the database pool")?);
 
         let secret = config.jwt_secret.clone().unwrap_or_else(|| {

@@ -5,6 +5,8 @@
 //!   scripts will send, so that the accrual worker finds every uploaded order at once.
 //! - `mixed`: a mixed customer workload with a latency histogram per operation.
 //! - `stream`: uploads a paced stream of orders (the accrual pipeline measurements).
+//! - `probe`: balance reads that record every request's connection, start and duration, to
+//!   find which requests stalled and when (see `probe.rs`).
 //!
 //! Order numbers are `PREFIX`, a one-digit stream id, an 8-digit counter and the Luhn check
 //! digit: `bench/wrk/common.lua` builds the same numbers.
@@ -24,6 +26,8 @@ use domain::with_check_digit;
 use futures::{stream, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+
+mod probe;
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", about = "Gophermart's benchmark driver")]
@@ -105,6 +109,20 @@ enum Command {
         /// Skip registering the numbers in the accrual system (already done).
         #[arg(long, default_value_t = false)]
         no_prereg: bool,
+    },
+    /// Reads balances with CLIENTS closed-loop clients, one connection each, for DURATION
+    /// seconds, and lists every request slower than SLOW_MS with its connection and start.
+    Probe {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        tokens: String,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 50.0)]
+        slow_ms: f64,
     },
 }
 
@@ -611,6 +629,23 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let result =
                 stream_uploads(&base, &accrual, &token, rate, count, &prefix, no_prereg).await?;
+            println!("{result}");
+            Ok(())
+        }
+        Command::Probe {
+            base,
+            tokens,
+            clients,
+            duration,
+            slow_ms,
+        } => {
+            let tokens = std::fs::read_to_string(&tokens)
+                .with_context(|| format!("reading {tokens}"))?
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let result = probe::probe(&base, tokens, clients, duration, slow_ms).await?;
             println!("{result}");
             Ok(())
         }

@@ -1,5 +1,7 @@
 //! `POST /api/user/register` and `POST /api/user/login`.
 
+use std::time::Duration;
+
 use actix_web::{
     http::{header, StatusCode},
     web, HttpRequest, HttpResponse, ResponseError,
@@ -119,6 +121,31 @@ fn hashing_status(error: &HashingError) -> StatusCode {
     }
 }
 
+/// How long a sign-up or sign-in refused for want of a turn at the hasher is held before its
+/// 503 goes out.
+///
+/// Refusing costs the service a few microseconds, and a client that ignores `Retry-After` and
+/// asks again at once would otherwise be refused as fast as the cores allow: tens of thousands
+/// of refusals a second from a few dozen connections, taking the cores from the hashes being
+/// served and from every other request. Held, each connection is refused at most four times a
+/// second, and a held request costs no CPU while it waits. A client that honours `Retry-After`
+/// (one second) loses a quarter of a second more.
+pub const BUSY_ANSWER_DELAY: Duration = Duration::from_millis(250);
+
+/// Holds a refusal for want of a turn at the hasher for [`BUSY_ANSWER_DELAY`]; any other
+/// outcome goes out at once.
+async fn hold_busy<T, E>(
+    outcome: Result<T, E>,
+    hashing: impl Fn(&E) -> Option<&HashingError>,
+) -> Result<T, E> {
+    if let Err(error) = &outcome {
+        if let Some(HashingError::Busy { .. }) = hashing(error) {
+            actix_web::rt::time::sleep(BUSY_ANSWER_DELAY).await;
+        }
+    }
+    outcome
+}
+
 /// Registers a customer and signs them in.
 #[utoipa::path(
     post,
@@ -159,7 +186,7 @@ pub async fn register(
         .0
         .try_into_domain()
         .map_err(RegisterHandlerError::Malformed)?;
-    let token = use_cases::register(
+    let registered = use_cases::register(
         state.users.as_ref(),
         state.hasher.as_ref(),
         state.tokens.as_ref(),
@@ -167,6 +194,11 @@ pub async fn register(
         &login,
         &password,
     )
+    .await;
+    let token = hold_busy(registered, |error| match error {
+        RegisterError::Hashing(error) => Some(error),
+        RegisterError::LoginTaken | RegisterError::Repository(_) => None,
+    })
     .await?;
     Ok(with_credentials(HttpResponse::Ok(), &token, &state))
 }
@@ -218,7 +250,7 @@ pub async fn log_in(
         .0
         .try_into_domain()
         .map_err(LogInHandlerError::Malformed)?;
-    let token = use_cases::log_in(
+    let signed_in = use_cases::log_in(
         state.users.as_ref(),
         state.hasher.as_ref(),
         state.tokens.as_ref(),
@@ -227,6 +259,114 @@ pub async fn log_in(
         &login,
         &password,
     )
+    .await;
+    let token = hold_busy(signed_in, |error| match error {
+        LogInError::Hashing(error) => Some(error),
+        LogInError::InvalidCredentials
+        | LogInError::Throttled { .. }
+        | LogInError::Repository(_) => None,
+    })
     .await?;
     Ok(with_credentials(HttpResponse::Ok(), &token, &state))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use actix_web::{test as actix_test, App};
+    use application::use_cases::{LoginThrottle, Registrations};
+    use application::{
+        ports::{
+            clock::MockClock, ledger::MockLedgerRepository, orders::MockOrderRepository,
+            security::MockPasswordHasher, security::MockTokenService, users::MockUserRepository,
+        },
+        use_cases::ThrottleConfig,
+    };
+    use serde_json::json;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::configure_api;
+
+    /// The service's state with a hasher that refuses every turn as busy, a throttle that has
+    /// refused `throttled` already, and no user.
+    fn state(throttled: Option<&str>) -> AppState {
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_turn().returning(|| {
+            Err(HashingError::Busy {
+                retry_after: Duration::from_secs(1),
+            })
+        });
+        let mut users = MockUserRepository::new();
+        users.expect_find_by_login().returning(|_| Ok(None));
+        let throttle = LoginThrottle::new(ThrottleConfig {
+            max_failures_per_login: 1,
+            max_failures_per_address: 0,
+            window: Duration::from_secs(60),
+        });
+        if let Some(login) = throttled {
+            throttle.record_failure(login, None);
+        }
+        AppState {
+            users: Arc::new(users),
+            orders: Arc::new(MockOrderRepository::new()),
+            ledger: Arc::new(MockLedgerRepository::new()),
+            hasher: Arc::new(hasher),
+            tokens: Arc::new(MockTokenService::new()),
+            clock: Arc::new(MockClock::new()),
+            throttle: Arc::new(throttle),
+            registrations: Arc::new(Registrations::new()),
+            token_lifetime: Duration::from_secs(3600),
+            secure_cookie: false,
+        }
+    }
+
+    /// Posts credentials to `path`; the status, and how long the answer took on tokio's clock
+    /// (paused, so it moves only when every task waits for a timer).
+    async fn post(state: AppState, path: &str, login: &str) -> (StatusCode, Duration) {
+        let app = actix_test::init_service(
+            App::new()
+                .app_data(web::Data::new(state))
+                .configure(configure_api),
+        )
+        .await;
+        let request = actix_test::TestRequest::post()
+            .uri(path)
+            .set_json(json!({"login": login, "password": "secret"}))
+            .to_request();
+        let started = Instant::now();
+        let response = actix_test::call_service(&app, request).await;
+        (response.status(), started.elapsed())
+    }
+
+    #[actix_web::test]
+    async fn a_sign_in_refused_for_want_of_a_turn_at_the_hasher_is_answered_after_the_delay() {
+        tokio::time::pause();
+
+        let (status, took) = post(state(None), "/api/user/login", "gopher").await;
+
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(took >= BUSY_ANSWER_DELAY, "answered after {took:?}");
+    }
+
+    #[actix_web::test]
+    async fn a_sign_up_refused_for_want_of_a_turn_at_the_hasher_is_answered_after_the_delay() {
+        tokio::time::pause();
+
+        let (status, took) = post(state(None), "/api/user/register", "gopher").await;
+
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(took >= BUSY_ANSWER_DELAY, "answered after {took:?}");
+    }
+
+    #[actix_web::test]
+    async fn a_throttled_sign_in_is_answered_at_once() {
+        tokio::time::pause();
+
+        let (status, took) = post(state(Some("gopher")), "/api/user/login", "gopher").await;
+
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(took, Duration::ZERO);
+    }
 }
