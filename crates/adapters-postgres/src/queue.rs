@@ -29,23 +29,33 @@ use crate::{
     PgStore,
 };
 
+/// The due-first claim's SQL (see [`ClaimDueFirst`]).
+const CLAIM_DUE_FIRST: &str = "UPDATE accrual_queue
+     SET locked_until = $3, updated_at = $2
+     WHERE order_number = ANY(ARRAY(
+         SELECT order_number FROM accrual_queue
+         WHERE next_attempt_at <= $2 AND (locked_until IS NULL OR locked_until <= $2)
+         ORDER BY next_attempt_at
+         LIMIT $1
+         FOR UPDATE SKIP LOCKED))
+     RETURNING order_number, attempts, unknown_checks";
+
 prepared_statement! {
     /// Leases up to `limit` due entries that no live lease holds, earliest due first.
+    ///
+    /// The entries are picked by a sub-select that PostgreSQL runs once per claim (an
+    /// `ARRAY(...)`, its "InitPlan"), and updated by their primary key. The claim used to join
+    /// that sub-select in `FROM` instead. The generic plan PostgreSQL settles on for it, which
+    /// knows neither the limit nor the time, read the whole queue on every claim (a hash join
+    /// over a sequential scan), and under load such claims leased up to four times the entries
+    /// asked for: the worker, with no request slot for them, left them leased and unasked
+    /// until their leases ran out.
     struct ClaimDueFirst {
         limit: i64 => Int8,
         now: DateTime<Utc> => Timestamptz,
         lease_until: DateTime<Utc> => Timestamptz,
     }
-    "UPDATE accrual_queue q
-     SET locked_until = $3, updated_at = $2
-     FROM (
-         SELECT order_number FROM accrual_queue
-         WHERE next_attempt_at <= $2 AND (locked_until IS NULL OR locked_until <= $2)
-         ORDER BY next_attempt_at
-         LIMIT $1
-         FOR UPDATE SKIP LOCKED) due
-     WHERE q.order_number = due.order_number
-     RETURNING q.order_number, q.attempts, q.unknown_checks"
+    CLAIM_DUE_FIRST
 }
 
 /// The fair claim's SQL (see [`ClaimFairShares`]).
@@ -72,7 +82,7 @@ const CLAIM_FAIR_SHARES: &str = "WITH RECURSIVE owners(user_id) AS (
              WHERE q.user_id IS NULL AND q.next_attempt_at <= $2
                AND (q.locked_until IS NULL OR q.locked_until <= $2)
              ORDER BY q.next_attempt_at LIMIT $1) e),
-     picked AS (
+     picked AS MATERIALIZED (
          SELECT q.order_number FROM candidates c
          JOIN accrual_queue q ON q.order_number = c.order_number
          LEFT JOIN accrual_turns t ON t.user_id = c.user_id
@@ -97,7 +107,8 @@ prepared_statement! {
     /// customers served are recorded. Customers are found by a skip scan of the owner index
     /// (one probe per customer with queue entries), so a customer's backlog of any size costs
     /// the claim no more than one entry. Entries without an owner (queued by an older
-    /// version) count as one customer that is always first in its round.
+    /// version) count as one customer that is always first in its round. The entries picked
+    /// are materialized, so that the pick runs once per claim, whatever the plan.
     struct ClaimFairShares {
         limit: i64 => Int8,
         now: DateTime<Utc> => Timestamptz,
@@ -465,7 +476,7 @@ mod on_a_database {
     use diesel::{sql_types::Text, QueryableByName};
     use diesel_async::RunQueryDsl;
 
-    use super::CLAIM_FAIR_SHARES;
+    use super::{CLAIM_DUE_FIRST, CLAIM_FAIR_SHARES};
     use crate::testing::TestDatabase;
 
     #[derive(QueryableByName)]
@@ -485,6 +496,34 @@ mod on_a_database {
             .load(&mut conn)
             .await
             .expect("explained");
+        pages_read(&plan)
+    }
+
+    /// The pages one due-first claim of 32 entries reads with the generic plan: the plan that a
+    /// prepared statement settles on, which knows neither the limit nor the time.
+    async fn pages_read_by_a_generic_due_first_claim(db: &TestDatabase) -> u64 {
+        let mut conn = db.store().conn().await.expect("connection");
+        diesel_async::SimpleAsyncConnection::batch_execute(
+            &mut *conn,
+            &format!(
+                "SET plan_cache_mode = force_generic_plan;
+                 PREPARE due_first(int8, timestamptz, timestamptz) AS {CLAIM_DUE_FIRST};"
+            ),
+        )
+        .await
+        .expect("prepared");
+        let plan: Vec<PlanLine> = diesel::sql_query(
+            "EXPLAIN (ANALYZE, BUFFERS)
+             EXECUTE due_first(32, now(), now() + interval '30 seconds')",
+        )
+        .load(&mut conn)
+        .await
+        .expect("explained");
+        pages_read(&plan)
+    }
+
+    /// The pages a statement read, from its plan (shared buffers hit or read).
+    fn pages_read(plan: &[PlanLine]) -> u64 {
         // The first `Buffers:` line is the whole statement's.
         let buffers = plan
             .iter()
@@ -530,6 +569,24 @@ mod on_a_database {
 
         // The queue now fills hundreds of pages; a claim that walks the owner index reads
         // about as many as before.
+        assert!(
+            large <= small * 2,
+            "a claim read {small} pages behind 40 entries and {large} behind 20,040"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_due_first_claim_reads_no_more_of_the_queue_behind_a_large_backlog_than_behind_a_small_one(
+    ) {
+        let db = TestDatabase::create().await;
+        TestDatabase::execute(&db, &queue_sql(1..=20, 2, 1_000_000)).await;
+        let small = pages_read_by_a_generic_due_first_claim(&db).await;
+        TestDatabase::execute(&db, &queue_sql(1..=1, 20_000, 2_000_000)).await;
+
+        let large = pages_read_by_a_generic_due_first_claim(&db).await;
+
+        // The entries are found by the due index and updated by their key, whatever the
+        // queue's size.
         assert!(
             large <= small * 2,
             "a claim read {small} pages behind 40 entries and {large} behind 20,040"

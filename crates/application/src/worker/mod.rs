@@ -284,8 +284,11 @@ impl AccrualWorker {
     }
 
     /// Claims up to `limit` due entries in `order`; none when the queue cannot be read.
+    ///
+    /// Entries beyond `limit` have no request slot: they are released at once, so that they
+    /// do not wait out their leases unasked.
     async fn claim(&self, limit: u32, order: ClaimOrder) -> Vec<QueueEntry> {
-        match self
+        let mut entries = match self
             .queue
             .claim(limit, self.clock.now(), self.config.lease, order)
             .await
@@ -293,9 +296,22 @@ impl AccrualWorker {
             Ok(entries) => entries,
             Err(error) => {
                 tracing::warn!(error = %error, "could not claim queued orders");
-                Vec::new()
+                return Vec::new();
+            }
+        };
+        let extra = entries.split_off(entries.len().min(limit as usize));
+        if !extra.is_empty() {
+            tracing::warn!(
+                asked = limit,
+                leased = entries.len() + extra.len(),
+                "the queue leased more entries than asked for; releasing the rest"
+            );
+            let orders: Vec<_> = extra.into_iter().map(|entry| entry.order).collect();
+            if let Err(error) = self.queue.release(&orders).await {
+                tracing::warn!(error = %error, "could not release entries claimed beyond the limit");
             }
         }
+        entries
     }
 
     /// Under a pace: takes the next request slot first, and only then claims the entry it goes

@@ -778,3 +778,61 @@ async fn a_request_slot_is_free_again_once_its_answer_arrives_not_once_it_is_wri
     stop.cancel();
     running.await.expect("no panic");
 }
+
+#[tokio::test(start_paused = true)]
+async fn entries_leased_beyond_what_was_asked_for_are_released_at_once() {
+    let mut queue = MockAccrualQueue::new();
+    let claims = Arc::new(Mutex::new(0));
+    let counted = claims.clone();
+    // The first claim, for one entry (slow start), comes back with three.
+    queue.expect_claim().returning(move |limit, _, _, _| {
+        let mut claims = counted.lock().expect("lock");
+        *claims += 1;
+        if *claims > 1 {
+            return Ok(vec![]);
+        }
+        assert_eq!(limit, 1);
+        Ok((0..3)
+            .map(|k| QueueEntry {
+                order: OrderNumber::parse(&domain::with_check_digit(&format!("4000{k}")))
+                    .expect("valid"),
+                attempts: 0,
+                unknown_checks: 0,
+            })
+            .collect())
+    });
+    let released = Arc::new(Mutex::new(Vec::new()));
+    let seen = released.clone();
+    queue.expect_release().returning(move |orders| {
+        seen.lock().expect("lock").extend_from_slice(orders);
+        Ok(())
+    });
+    queue.expect_next_due().returning(|_| Ok(None));
+    queue
+        .expect_finish_many()
+        .returning(|outcomes| Ok(vec![true; outcomes.len()]));
+    let mut client = MockAccrualClient::new();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    client.expect_order().returning(move |order| {
+        seen.lock().expect("lock").push(order.clone());
+        Ok(AccrualAnswer::Known {
+            status: AccrualStatus::Invalid,
+            accrual: None,
+        })
+    });
+    let worker = AccrualWorker::new(Arc::new(queue), Arc::new(client), clock(), config());
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(Arc::new(Notify::new()), stop.clone()));
+    while *claims.lock().expect("lock") < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    running.await.expect("no panic");
+
+    let asked = asked.lock().expect("lock").clone();
+    let released = released.lock().expect("lock").clone();
+    assert_eq!(asked.len(), 1, "one request slot, one request: {asked:?}");
+    assert_eq!(released.len(), 2, "the other two go back: {released:?}");
+    assert!(!released.contains(&asked[0]));
+}
