@@ -897,17 +897,21 @@ def drain(accrual, ids, results):
     cpu = CpuMeter(gm.proc.pid, accrual.proc.pid)
     cpu.start()
     deadline = started + 600
-    like = f"{DRAIN_PREFIX}0%"
+    # The backlog's numbers exactly, by prefix and length: other phases' numbers may begin with
+    # the same digits (they are longer).
+    mine = f"LIKE '{DRAIN_PREFIX}0%' AND length({{}}) = {len(DRAIN_PREFIX) + 10}"
     # Polled with a question that stops at the first entry left: a count would scan the whole
     # queue every time, on the cores the drain is measured on.
     while time.monotonic() < deadline:
-        if psql(f"SELECT NOT EXISTS (SELECT 1 FROM accrual_queue WHERE order_number LIKE '{like}')") == "t":
+        if psql("SELECT NOT EXISTS (SELECT 1 FROM accrual_queue WHERE order_number "
+                + mine.format("order_number") + ")") == "t":
             break
         time.sleep(0.05)
     seconds = time.monotonic() - started
     cpu_seconds = cpu.stop()
     gm.stop()
-    processed = int(psql(f"SELECT count(*) FROM orders WHERE number LIKE '{like}' AND status = 'PROCESSED'"))
+    processed = int(psql("SELECT count(*) FROM orders WHERE number " + mine.format("number")
+                         + " AND status = 'PROCESSED'"))
     after = accrual.stats()
     upload64 = next((r["rps"] for r in results["grid"].get("upload", []) if r.get("clients") == 64), None)
     result = {
@@ -923,7 +927,7 @@ def drain(accrual, ids, results):
     results["drain"] = result
     ratio = f" = {result['drain_to_upload']:.2f} x the upload rate at 64 clients ({upload64:.0f}/s)" if upload64 else ""
     log(f"drain: {processed}/{DRAIN_COUNT} processed in {seconds:.2f} s = {result['per_second']:.0f}/s{ratio}")
-    psql(f"DELETE FROM orders WHERE number LIKE '{like}'")
+    psql("DELETE FROM orders WHERE number " + mine.format("number"))
 
 
 def sign_in_seconds(gm, login, count):
