@@ -103,9 +103,11 @@ pub struct Config {
     pub database_prepared_statements: bool,
 
     /// A direct PostgreSQL URI (not through a transaction pooler) for the one session that
-    /// LISTENs for orders queued by other instances. Default: DATABASE_URI when statements
-    /// are prepared; with DATABASE_PREPARED_STATEMENTS=false and no listen URI the accrual
-    /// worker only polls (ACCRUAL_POLL_INTERVAL_MS) for other instances' orders.
+    /// LISTENs for orders queued, and accrual pauses (429s) recorded, by other instances.
+    /// Default: DATABASE_URI when statements are prepared; with
+    /// DATABASE_PREPARED_STATEMENTS=false and no listen URI the accrual worker only polls
+    /// (ACCRUAL_POLL_INTERVAL_MS) for other instances' orders, and learns their pauses at its
+    /// next read of the shared gate (every 50 ms while it works).
     #[arg(long, env = "DATABASE_LISTEN_URI", hide_env_values = true)]
     pub database_listen_uri: Option<SecretString>,
 
