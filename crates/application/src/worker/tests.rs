@@ -564,8 +564,11 @@ async fn answers_that_arrive_together_are_written_in_one_batch() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_open_slots_earliest_due_first() {
+/// The claims a queue was asked for: limit and order, in turn.
+type Claims = Arc<Mutex<Vec<(u32, ClaimOrder)>>>;
+
+/// A queue with nothing due that records every claim.
+fn empty_queue_recording_claims() -> (MockAccrualQueue, Claims) {
     let mut queue = MockAccrualQueue::new();
     let asked = Arc::new(Mutex::new(Vec::new()));
     let seen = asked.clone();
@@ -574,6 +577,23 @@ async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_open_slots_earl
         Ok(vec![])
     });
     queue.expect_next_due().returning(|_| Ok(None));
+    (queue, asked)
+}
+
+/// Runs `worker` until it has claimed `claims` times, then stops it.
+async fn run_until_claimed(worker: AccrualWorker, asked: &Claims, claims: usize) {
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(Arc::new(Notify::new()), stop.clone()));
+    while asked.lock().expect("lock").len() < claims {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    running.await.expect("no panic");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_open_slots_earliest_due_first() {
+    let (queue, asked) = empty_queue_recording_claims();
     let worker = AccrualWorker::new(
         Arc::new(queue),
         Arc::new(MockAccrualClient::new()),
@@ -583,14 +603,8 @@ async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_open_slots_earl
             ..config()
         },
     );
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run(Arc::new(Notify::new()), stop.clone()));
     // Nothing is due: the worker looks again after its poll interval.
-    while asked.lock().expect("lock").len() < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.cancel();
-    running.await.expect("no panic");
+    run_until_claimed(worker, &asked, 2).await;
 
     // One slot open at first (slow start), all six a poll interval later.
     assert_eq!(
@@ -601,14 +615,7 @@ async fn without_a_known_limit_the_loop_claims_as_many_as_it_has_open_slots_earl
 
 #[tokio::test(start_paused = true)]
 async fn after_a_pause_the_slots_open_gradually_again() {
-    let mut queue = MockAccrualQueue::new();
-    let asked = Arc::new(Mutex::new(Vec::new()));
-    let seen = asked.clone();
-    queue.expect_claim().returning(move |limit, _, _, _| {
-        seen.lock().expect("lock").push(limit);
-        Ok(vec![])
-    });
-    queue.expect_next_due().returning(|_| Ok(None));
+    let (queue, asked) = empty_queue_recording_claims();
     let worker = AccrualWorker::new(
         Arc::new(queue),
         Arc::new(MockAccrualClient::new()),
@@ -622,17 +629,16 @@ async fn after_a_pause_the_slots_open_gradually_again() {
     // All six slots are open by the time a 429 pauses every request for two seconds.
     tokio::time::advance(Duration::from_secs(1)).await;
     worker.gate().pause_for(Duration::from_secs(2));
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.clone().run(Arc::new(Notify::new()), stop.clone()));
-    while asked.lock().expect("lock").len() < 4 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.cancel();
-    running.await.expect("no panic");
+    run_until_claimed(worker, &asked, 4).await;
 
     // Nothing is claimed during the pause; then one slot, two, four...
-    let asked = asked.lock().expect("lock");
-    assert_eq!(asked[..4], [1, 1, 1, 2]);
+    let limits: Vec<u32> = asked
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(limit, _)| *limit)
+        .collect();
+    assert_eq!(limits[..4], [1, 1, 1, 2]);
 }
 
 /// A queue of a few entries whose first write of final outcomes is held until released.
