@@ -61,7 +61,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 BIN = os.environ.get("BENCH_BIN_DIR", os.path.join(ROOT, "target", "release"))
-OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "target", "bench"))
+OUT = os.path.abspath(os.environ.get("BENCH_OUT", os.path.join(ROOT, "target", "bench")))
 DB = os.environ.get("DATABASE_URI")
 
 DURATION = float(os.environ.get("BENCH_DURATION", "5"))
@@ -759,19 +759,11 @@ def pooler_phase(accrual, tokens, ids, results):
     cpu = CpuMeter()
     for clients in POOLER_LEVELS:
         for name, _label, _script, group in ENDPOINTS:
-            lo, hi = ids[group]
-            script = os.path.join(BENCH, "pgbench", f"{name}.sql")
-            variables = {"umin": lo, "umax": hi}
             for mode in ("prepared", "extended"):
-                if WARMUP > 0:
-                    run_pgbench(script, clients, max(1, WARMUP), variables, mode=mode)
-                result = measured(lambda: run_pgbench(script, clients, DURATION, variables,
-                                                      cpu=cpu, mode=mode))
+                result = endpoint_ceiling(name, group, clients, ids, cpu, mode)
                 out.setdefault("pgbench", {}).setdefault(name, {}).setdefault(mode, []).append(result)
                 log(f"pgbench -M {mode:8} {name:8} c={clients:<3} {result['rps']:8.0f} tx/s")
-    # pgbench's orders and withdrawals (15 digits) go, as after the ceilings.
-    psql("DELETE FROM orders WHERE length(number) = 15")
-    psql("DELETE FROM withdrawals WHERE length(order_number) = 15")
+    forget_pgbench_rows()
     results["pooler"] = out
 
 
@@ -785,18 +777,29 @@ def wait_queue_empty(timeout):
     return False
 
 
+def endpoint_ceiling(name, group, clients, ids, cpu, mode="prepared"):
+    """pgbench running endpoint `name`'s SQL at `clients` for a point, after the warm-up."""
+    lo, hi = ids[group]
+    script = os.path.join(BENCH, "pgbench", f"{name}.sql")
+    variables = {"umin": lo, "umax": hi}
+    if WARMUP > 0:
+        run_pgbench(script, clients, max(1, WARMUP), variables, mode=mode)
+    return measured(lambda: run_pgbench(script, clients, DURATION, variables, cpu=cpu, mode=mode))
+
+
+def forget_pgbench_rows():
+    """pgbench's orders and withdrawals (15 digits) go, so that no worker ever asks about them."""
+    psql("DELETE FROM orders WHERE length(number) = 15")
+    psql("DELETE FROM withdrawals WHERE length(order_number) = 15")
+
+
 def ceilings(ids, results):
     cpu = CpuMeter()
     # The baseline phase's concurrencies too, for its ratios to the ceiling.
     levels = sorted(set(LEVELS) | set(BASELINE_LEVELS if BASELINE else ()))
     for clients in levels:
         for name, _label, _script, group in ENDPOINTS:
-            lo, hi = ids[group]
-            script = os.path.join(BENCH, "pgbench", f"{name}.sql")
-            variables = {"umin": lo, "umax": hi}
-            if WARMUP > 0:
-                run_pgbench(script, clients, max(1, WARMUP), variables)
-            result = measured(lambda: run_pgbench(script, clients, DURATION, variables, cpu=cpu))
+            result = endpoint_ceiling(name, group, clients, ids, cpu)
             results["ceiling"].setdefault(name, []).append(result)
             log(f"pgbench {name:8} c={clients:<3} {result['rps']:8.0f} tx/s  p50 {result['p50_ms']:.2f} ms  "
                 f"p99 {result['p99_ms']:.2f} ms")
@@ -820,9 +823,7 @@ def ceilings(ids, results):
                                           level, DURATION, {"umin": lo, "umax": hi}, cpu=cpu))
     results["upload_with_notify"] = result
     log(f"pgbench upload-notify c={level:<3} {result['rps']:8.0f} tx/s  p99 {result['p99_ms']:.2f} ms")
-    # pgbench's orders and withdrawals (15 digits) go, so that no worker ever asks about them.
-    psql("DELETE FROM orders WHERE length(number) = 15")
-    psql("DELETE FROM withdrawals WHERE length(order_number) = 15")
+    forget_pgbench_rows()
     psql("VACUUM ANALYZE")
 
 
