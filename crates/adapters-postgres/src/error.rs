@@ -15,12 +15,16 @@ pub fn from_pool(error: PoolError) -> RepositoryError {
     }
 }
 
-/// A query failure.
+/// A query failure. One that never got an answer from PostgreSQL (the connection closed under
+/// it, or died while it sat idle in the pool) means the database is unavailable: diesel-async
+/// reports it as `UnableToSendCommand`, the connection of unnamed statements as
+/// `ClosedConnection`.
 pub fn from_diesel(error: DieselError) -> RepositoryError {
     match &error {
-        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
-            RepositoryError::Unavailable(Box::new(error))
-        }
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => RepositoryError::Unavailable(Box::new(error)),
         _ => RepositoryError::Internal(Box::new(error)),
     }
 }

@@ -21,6 +21,8 @@ mod schema;
 pub mod testing;
 #[cfg(feature = "testing")]
 pub mod testing_pooler;
+#[cfg(feature = "testing")]
+pub mod testing_proxy;
 mod users;
 
 pub use audit::{

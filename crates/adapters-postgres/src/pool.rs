@@ -66,7 +66,8 @@ impl PgPoolConfig {
         // `SELECT 1` before every statement, which halves what PostgreSQL can serve. A dead
         // connection is still never handed out: deadpool discards any connection whose socket
         // has closed or whose transaction state is broken, and a connection that dies while
-        // idle fails its next statement, which the caller reports, and is discarded then.
+        // idle fails its next statement, whose caller is told the database is unavailable,
+        // and is discarded then.
         let mut manager_config = ManagerConfig::default();
         manager_config.recycling_method = RecyclingMethod::Fast;
         let mode = self.statements;

@@ -7,88 +7,25 @@
 
 mod support;
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use adapters_postgres::testing::TestDatabase;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
+use adapters_postgres::{
+    testing::TestDatabase,
+    testing_proxy::{Cut, OutageProxy},
 };
 
 use support::{balance, register, upload, Instance};
 
-/// Forwards connections to PostgreSQL until told to cut them.
-struct Proxy {
-    port: u16,
-    down: Arc<AtomicBool>,
-    cut: watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let down = Arc::new(AtomicBool::new(false));
-        let (cut, _) = watch::channel(0u64);
-        let (accept_down, accept_cut) = (down.clone(), cut.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if accept_down.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let target = target.clone();
-                let mut cut = accept_cut.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Self { port, down, cut }
-    }
-
-    fn outage(&self) {
-        self.down.store(true, Ordering::SeqCst);
-        self.cut.send_modify(|n| *n += 1);
-    }
-
-    fn restore(&self) {
-        self.down.store(false, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_service_answers_503_during_a_database_outage_and_recovers_after_it() {
     let db = TestDatabase::create().await;
-    let mut url = url::Url::parse(db.url()).expect("url");
-    let target = format!(
-        "{}:{}",
-        url.host_str().expect("host"),
-        url.port().unwrap_or(5432)
-    );
-    let proxy = Proxy::start(target).await;
-    url.set_port(Some(proxy.port)).expect("port");
+    let proxy = OutageProxy::start(db.url()).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
     let mut instance = Instance::start_at(
-        url.as_str(),
+        proxy.url(),
         "http://127.0.0.1:9",
         &["--database-timeout-ms", "1000"],
     );
@@ -97,7 +34,7 @@ async fn the_service_answers_503_during_a_database_outage_and_recovers_after_it(
     let before = domain::with_check_digit("4242");
     assert_eq!(upload(&client, &instance.base, &token, &before).await, 202);
 
-    proxy.outage();
+    proxy.outage(Cut::AtOnce);
     let started = Instant::now();
     let during = client
         .get(format!("{}/api/user/balance", instance.base))
