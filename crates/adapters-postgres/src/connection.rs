@@ -286,6 +286,15 @@ fn from_tokio_postgres(error: tokio_postgres::Error, broken: &AtomicBool) -> Err
             Box::new(error.to_string()),
         );
     };
+    if ends_the_connection(db.code()) {
+        // The server (or the pooler in front of it) is going away: the next statement would
+        // find the connection closed.
+        broken.store(true, Ordering::SeqCst);
+        return Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new(DbErrorInfo(db)),
+        );
+    }
     let kind = match *db.code() {
         SqlState::UNIQUE_VIOLATION => DatabaseErrorKind::UniqueViolation,
         SqlState::FOREIGN_KEY_VIOLATION => DatabaseErrorKind::ForeignKeyViolation,
@@ -303,6 +312,20 @@ fn from_tokio_postgres(error: tokio_postgres::Error, broken: &AtomicBool) -> Err
         _ => DatabaseErrorKind::Unknown,
     };
     Error::DatabaseError(kind, Box::new(DbErrorInfo(db)))
+}
+
+/// Errors after which the connection is gone: a connection exception (class 08, which is
+/// also what PgBouncer sends when its server connection fails under a query) or the server
+/// terminating its sessions (`admin_shutdown`, `crash_shutdown`, `cannot_connect_now`).
+fn ends_the_connection(code: &tokio_postgres::error::SqlState) -> bool {
+    use tokio_postgres::error::SqlState;
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(code)
 }
 
 struct DbErrorInfo(tokio_postgres::error::DbError);
@@ -613,7 +636,10 @@ mod on_a_database {
         users::UserRepository,
     };
     use chrono::Utc;
-    use diesel::{sql_types::Int8, QueryableByName};
+    use diesel::{
+        sql_types::{Int4, Int8},
+        QueryableByName,
+    };
     use diesel_async::RunQueryDsl;
     use domain::{with_check_digit, Login, Money, OrderNumber, OrderStatus};
 
@@ -718,6 +744,61 @@ mod on_a_database {
             .await
             .expect("prepared statements");
         assert_eq!(left.count, 0, "named statements left on the server");
+    }
+
+    /// The server ends the session under a running statement, as it does to every session
+    /// when it shuts down (SQLSTATE 57P01), and PgBouncer does with class 08 when its server
+    /// connection fails: the caller is told the database is unavailable (503), not that the
+    /// statement failed (500), and the pool replaces the connection.
+    #[tokio::test]
+    async fn a_session_the_server_ends_under_a_statement_reports_the_database_unavailable() {
+        #[derive(QueryableByName)]
+        struct Pid {
+            #[diesel(sql_type = Int4)]
+            pid: i32,
+        }
+        let db = TestDatabase::create().await;
+        let (store, observer) = (unnamed_store(db.url(), 1), unnamed_store(db.url(), 1));
+        let mut conn = store.conn().await.expect("connection");
+        let Pid { pid } = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result(&mut conn)
+            .await
+            .expect("pid");
+        let terminate = async {
+            let mut other = observer.conn().await.expect("connection");
+            loop {
+                let sleeping: Count = diesel::sql_query(
+                    "SELECT count(*) AS count FROM pg_stat_activity \
+                     WHERE pid = $1 AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+                )
+                .bind::<Int4, _>(pid)
+                .get_result(&mut other)
+                .await
+                .expect("activity");
+                if sleeping.count == 1 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            diesel::sql_query("SELECT pg_terminate_backend($1)")
+                .bind::<Int4, _>(pid)
+                .execute(&mut other)
+                .await
+                .expect("terminated");
+        };
+
+        let (slept, ()) = tokio::join!(
+            diesel::sql_query("SELECT pg_sleep(30)").execute(&mut conn),
+            terminate
+        );
+        drop(conn);
+
+        let error = crate::error::from_diesel(slept.expect_err("the session was ended"));
+        assert!(
+            matches!(error, application::RepositoryError::Unavailable(_)),
+            "{error:?}"
+        );
+        store.ping().await.expect("a new connection");
     }
 
     /// Through PgBouncer in transaction mode when scripts/with-pgbouncer.sh runs the tests:
