@@ -43,13 +43,15 @@ test: check-tools fmt-check lint unit-tests pooled-tests test-browser-tmp fuzz-s
 
 # The end-to-end tests again through PgBouncer in transaction pooling mode (four server
 # connections per database, fewer than the instances' clients), with unnamed statements:
-# the customer story, the accrual flow with three instances, a short chaos run, PgBouncer
-# killed and restarted mid-workload, and no named statement left on the server.
+# the whole API suite, the accrual flow with three instances, a short chaos run, PgBouncer
+# killed and restarted mid-workload, and no named statement left on the server (the unit
+# tests of every crate come along; they take seconds). The targets are chosen so that cargo
+# resolves the same features as `unit-tests` and builds nothing again: with `-p` or fewer
+# targets it would build many crates a second time.
 pooled-tests:
-	GOPHERMART_E2E_POOLER=1 PGBOUNCER_POOL_SIZE=4 scripts/with-postgres.sh scripts/with-pgbouncer.sh bash -c '\
-		$(CARGO) test -p adapters-postgres --lib connection:: && \
-		$(CARGO) test -p gophermart --test accrual_flow --test chaos --test pooler && \
-		$(CARGO) test -p api-tests --test api smoke'
+	GOPHERMART_E2E_POOLER=1 PGBOUNCER_POOL_SIZE=4 scripts/with-postgres.sh scripts/with-pgbouncer.sh \
+		$(CARGO) test --workspace --no-fail-fast --lib --bins \
+			--test accrual_flow --test chaos --test pooler --test api
 
 # The operator's experiment: one release instance through PgBouncer (default_pool_size = 4),
 # 12 customers, 192 requests; fails on any error. PREPARED=true repeats it with prepared
