@@ -286,15 +286,6 @@ fn from_tokio_postgres(error: tokio_postgres::Error, broken: &AtomicBool) -> Err
             Box::new(error.to_string()),
         );
     };
-    if ends_the_connection(db.code()) {
-        // The server (or the pooler in front of it) is going away: the next statement would
-        // find the connection closed.
-        broken.store(true, Ordering::SeqCst);
-        return Error::DatabaseError(
-            DatabaseErrorKind::ClosedConnection,
-            Box::new(DbErrorInfo(db)),
-        );
-    }
     let kind = match *db.code() {
         SqlState::UNIQUE_VIOLATION => DatabaseErrorKind::UniqueViolation,
         SqlState::FOREIGN_KEY_VIOLATION => DatabaseErrorKind::ForeignKeyViolation,
@@ -308,6 +299,12 @@ fn from_tokio_postgres(error: tokio_postgres::Error, broken: &AtomicBool) -> Err
             // tokio-postgres asked about a type with a statement of its own.
             broken.store(true, Ordering::SeqCst);
             DatabaseErrorKind::Unknown
+        }
+        ref code if ends_the_connection(code) => {
+            // The server (or the pooler in front of it) is going away: the next statement
+            // would find the connection closed.
+            broken.store(true, Ordering::SeqCst);
+            DatabaseErrorKind::ClosedConnection
         }
         _ => DatabaseErrorKind::Unknown,
     };
