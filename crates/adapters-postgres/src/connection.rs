@@ -495,6 +495,26 @@ impl<'a> FromSql<'a> for Raw<'a> {
     }
 }
 
+/// A statement's rows, read up to PostgreSQL's `ReadyForQuery` for it.
+///
+/// Rows come before their statement is done: outside a transaction block PostgreSQL commits
+/// the statement only at the `Sync` that follows its `Execute`, after the rows and
+/// `CommandComplete` have been sent, and with synchronous replication that commit then waits
+/// for the standby. A constraint checked at commit fails there too. Only `ReadyForQuery`,
+/// which ends tokio-postgres's row stream, says that the statement committed; an error in its
+/// place, or a connection closed before it, ends the stream with that error.
+///
+/// diesel-async's `get_result` and `first` take the first row of the stream and drop the rest
+/// unread, so a caller could be told of a write that never committed. Every statement is
+/// therefore read whole here, whichever way it is called: its rows, or its failure, reach the
+/// caller only once the statement has ended.
+async fn to_the_end(
+    rows: impl std::future::Future<Output = QueryResult<BoxStream<'static, QueryResult<DbRow>>>>,
+) -> QueryResult<BoxStream<'static, QueryResult<DbRow>>> {
+    let rows: Vec<DbRow> = rows.await?.try_collect().await?;
+    Ok(futures::stream::iter(rows.into_iter().map(Ok)).boxed())
+}
+
 impl SimpleAsyncConnection for DbConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         match self {
@@ -514,12 +534,15 @@ impl AsyncConnectionCore for DbConnection {
     type Row<'conn, 'query> = DbRow;
     type Backend = Pg;
 
+    /// Runs a query and reads its rows to the end of the statement before handing out any.
+    ///
+    /// See [`to_the_end`]: a row is no proof that its statement was committed.
     fn load<'conn, 'query, T>(&'conn mut self, source: T) -> Self::LoadFuture<'conn, 'query>
     where
         T: AsQuery + 'query,
         T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
     {
-        match self {
+        let rows = match self {
             Self::Prepared(conn) => conn
                 .load(source)
                 .map(|stream| Ok(stream?.map_ok(DbRow::Prepared).boxed()))
@@ -540,7 +563,8 @@ impl AsyncConnectionCore for DbConnection {
                 }
                 .boxed()
             }
-        }
+        };
+        to_the_end(rows).boxed()
     }
 
     fn execute_returning_count<'conn, 'query, T>(
@@ -796,6 +820,60 @@ mod on_a_database {
             "{error:?}"
         );
         store.ping().await.expect("a new connection");
+    }
+
+    /// A constraint checked at commit fails after the statement has sent its rows: the caller
+    /// is told of the failure, not handed the rows, however it reads them and in both modes,
+    /// and nothing is stored.
+    #[tokio::test]
+    async fn a_statement_whose_commit_fails_is_reported_as_failed() {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = Int4)]
+            #[allow(dead_code)]
+            n: i32,
+        }
+        let db = TestDatabase::create().await;
+        TestDatabase::execute(
+            &db,
+            "CREATE TABLE scratch (n int UNIQUE DEFERRABLE INITIALLY DEFERRED); \
+             INSERT INTO scratch VALUES (1)",
+        )
+        .await;
+        for mode in [StatementMode::Prepared, StatementMode::Unnamed] {
+            let mut config = PgPoolConfig::new(db.url());
+            config.statements = mode;
+            let store = PgStore::new(config.build().expect("pool"));
+            let mut conn = store.conn().await.expect("connection");
+            let insert = || diesel::sql_query("INSERT INTO scratch VALUES (1), (2) RETURNING n");
+
+            let first = insert().get_result::<N>(&mut conn).await;
+            let all = insert().load::<N>(&mut conn).await;
+            let count = insert().execute(&mut conn).await;
+
+            for (how, failed) in [
+                ("get_result", first.err()),
+                ("load", all.err()),
+                ("execute", count.err()),
+            ] {
+                assert!(
+                    matches!(
+                        failed,
+                        Some(diesel::result::Error::DatabaseError(
+                            diesel::result::DatabaseErrorKind::UniqueViolation,
+                            _
+                        ))
+                    ),
+                    "{mode:?}, {how}: {failed:?}"
+                );
+            }
+        }
+        let mut conn = db.store().conn().await.expect("connection");
+        let stored: Count = diesel::sql_query("SELECT count(*) AS count FROM scratch")
+            .get_result(&mut conn)
+            .await
+            .expect("count");
+        assert_eq!(stored.count, 1, "a failed commit stored rows");
     }
 
     /// Through PgBouncer in transaction mode when scripts/with-pgbouncer.sh runs the tests:

@@ -246,7 +246,16 @@ impl TestDatabase {
     /// When no server can be had (see the module's documentation) or the server refuses;
     /// this is test code.
     pub async fn create() -> Self {
-        let admin_url = admin_url();
+        Self::create_on(&admin_url()).await
+    }
+
+    /// Creates a fresh, migrated database on the server of `admin_url` (a database a
+    /// superuser may connect to), for a test that runs a cluster of its own.
+    ///
+    /// # Panics
+    /// When the server refuses; this is test code.
+    pub async fn create_on(admin_url: &str) -> Self {
+        let admin_url = admin_url.to_owned();
         let mut admin = AsyncPgConnection::establish(&admin_url)
             .await
             .expect("connect to DATABASE_URI");

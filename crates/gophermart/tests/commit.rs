@@ -1,0 +1,168 @@
+//! An acknowledged write is a committed write.
+//!
+//! With synchronous replication a commit waits, after its rows have been sent, until a standby
+//! has the transaction; only `ReadyForQuery` says that it is done. These tests make every
+//! commit of one database wait for a standby that does not exist, end the session that waits,
+//! and check that the client is never told that its upload, withdrawal or registration was
+//! made: PostgreSQL never confirmed it. The answer is 503 with `Retry-After` (the outcome is
+//! unknown; the same request may be repeated), in both statement modes.
+//!
+//! Each test runs a cluster of its own, since `synchronous_standby_names` is a setting of the
+//! whole server.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use adapters_postgres::testing::{ScriptedCluster, TestDatabase};
+use diesel::{sql_types::Int8, QueryableByName};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use serde_json::json;
+
+use support::{register, upload, Instance};
+
+#[derive(QueryableByName)]
+struct Ended {
+    #[diesel(sql_type = Int8)]
+    ended: i64,
+}
+
+/// Ends every session of the database that waits for its commit to reach a standby, and says
+/// how many there were.
+async fn end_sessions_waiting_for_a_standby(conn: &mut AsyncPgConnection) -> i64 {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(
+        "SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event = 'SyncRep'",
+    )
+    .get_result::<Ended>(conn)
+    .await
+    .expect("end the waiting sessions")
+    .ended
+}
+
+/// Sends a request and, while it is out, ends the sessions whose commit waits for the
+/// standby; returns the answer's status, its `Retry-After` and how many sessions were ended.
+async fn answer_while_commits_are_never_confirmed(
+    db: &TestDatabase,
+    request: reqwest::RequestBuilder,
+) -> (u16, Option<String>, i64) {
+    let mut observer = AsyncPgConnection::establish(db.url())
+        .await
+        .expect("connect");
+    let mut sent = tokio::spawn(request.send());
+    let mut ended = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        assert!(Instant::now() < deadline, "no answer in 20 s");
+        tokio::select! {
+            response = &mut sent => break response.expect("joined").expect("answered"),
+            () = tokio::time::sleep(Duration::from_millis(10)) => {
+                ended += end_sessions_waiting_for_a_standby(&mut observer).await;
+            }
+        }
+    };
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(ToOwned::to_owned);
+    (response.status().as_u16(), retry_after, ended)
+}
+
+async fn no_write_is_acknowledged_before_its_commit_is_confirmed(statements: &str) {
+    let cluster = ScriptedCluster::start(None);
+    let db = TestDatabase::create_on(cluster.uri()).await;
+    // The throwaway cluster does not wait for commits at all (synchronous_commit = off);
+    // this database does, as a durable deployment's would.
+    db.execute(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = on",
+        db.name()
+    ))
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let instance = Instance::start(
+        &db,
+        "http://127.0.0.1:9",
+        &["--database-prepared-statements", statements],
+    );
+    instance.wait_ready(&client).await;
+    let token = register(&client, &instance.base, "payer").await;
+    db.execute("UPDATE accounts SET balance = 100 FROM users WHERE users.id = accounts.user_id AND users.login = 'payer'")
+        .await;
+
+    // From here on no commit of the server is ever confirmed.
+    db.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+        .await;
+    db.execute("SELECT pg_reload_conf()").await;
+
+    let base = &instance.base;
+    let number = domain::with_check_digit("7001");
+    let uploading = client
+        .post(format!("{base}/api/user/orders"))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body(number.clone());
+    let withdrawal = client
+        .post(format!("{base}/api/user/balance/withdraw"))
+        .bearer_auth(&token)
+        .json(&json!({"order": domain::with_check_digit("7002"), "sum": 10}));
+    let registration = client
+        .post(format!("{base}/api/user/register"))
+        .json(&json!({"login": "newcomer", "password": "password"}));
+    for (what, request) in [
+        ("upload", uploading),
+        ("withdrawal", withdrawal),
+        ("registration", registration),
+    ] {
+        let (status, retry_after, ended) =
+            answer_while_commits_are_never_confirmed(&db, request).await;
+        assert!(
+            ended >= 1,
+            "{what} ({statements}): no session waited for the standby"
+        );
+        assert_eq!(
+            status, 503,
+            "{what} ({statements}) was answered {status} though its commit was never confirmed"
+        );
+        assert!(
+            retry_after.is_some(),
+            "{what} ({statements}): 503 without Retry-After"
+        );
+    }
+
+    // Once commits are confirmed again, repeating the upload is safe: the first one may have
+    // been stored (PostgreSQL had committed it locally), and the repeat says so.
+    db.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        .await;
+    db.execute("SELECT pg_reload_conf()").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let repeated = loop {
+        let status = upload(&client, base, &token, &number).await;
+        if status != 503 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        repeated == 200 || repeated == 202,
+        "the repeated upload answered {repeated}"
+    );
+    assert_eq!(upload(&client, base, &token, &number).await, 200);
+    drop(instance);
+    drop(db);
+    cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_is_acknowledged_before_its_commit_is_confirmed_with_prepared_statements() {
+    no_write_is_acknowledged_before_its_commit_is_confirmed("true").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_is_acknowledged_before_its_commit_is_confirmed_with_unnamed_statements() {
+    no_write_is_acknowledged_before_its_commit_is_confirmed("false").await;
+}
