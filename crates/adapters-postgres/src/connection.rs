@@ -1,24 +1,36 @@
-//! The pool's connection: diesel-async's connection with named prepared statements, or one that
-//! sends every statement unnamed, for a transaction pooler in front of PostgreSQL.
+//! The pool's connection: diesel's interface over one tokio-postgres client, with named
+//! prepared statements kept on the connection, or every statement unnamed, for a transaction
+//! pooler in front of PostgreSQL.
 //!
-//! diesel-async prepares each statement under a name (`Parse`, `Sync`) and then executes it
+//! With [`StatementMode::Prepared`] a statement is prepared under a name the first time the
+//! connection runs it (`Parse`, `Describe`, `Sync`) and from then on only bound and executed
 //! (`Bind`, `Execute`, `Sync`). Behind PgBouncer in transaction pooling mode every `Sync`
 //! outside a transaction may hand the client another server connection, where that name does
-//! not exist, and a cached name lives on one server connection only. [`UnnamedConnection`]
-//! sends `Parse`, `Bind`, `Describe`, `Execute` and `Sync` of the unnamed statement in one
-//! message batch (tokio-postgres's `query_typed_raw`): one round trip, served whole by one
-//! server connection, leaving nothing behind on it. Every statement goes this way, the fixed
-//! ones of [`crate::prepared::prepared_statement!`] and diesel's DSL alike, since the choice
-//! is made here, below diesel.
+//! not exist, so [`StatementMode::Unnamed`] sends `Parse`, `Bind`, `Describe`, `Execute` and
+//! `Sync` of the unnamed statement in one message batch (tokio-postgres's `query_typed_raw`):
+//! one round trip, served whole by one server connection, leaving nothing behind on it. Every
+//! statement goes one way or the other, the fixed ones of
+//! [`crate::prepared::prepared_statement!`] and diesel's DSL alike, since the choice is made
+//! here, below diesel.
+//!
+//! Both modes share everything else, and so behave alike where it matters:
+//! - a statement is reported done only once PostgreSQL's `ReadyForQuery` for it has arrived
+//!   (see [`to_the_end`]);
+//! - a failure is translated from its SQLSTATE, so a session the server ends (57P01–57P03) or
+//!   a connection exception (class 08) reads as the database being unavailable, and the
+//!   connection is discarded (see [`from_tokio_postgres`]);
+//! - the connection's reads and writes are driven by a task of the runtime that opened it.
 //!
 //! tokio-postgres learns the type of a result column it does not know (an enum of the schema)
 //! with a named statement of its own. So a new connection asks once, inside one transaction
 //! (one server connection), for every enum type and its array, and then drops the statements
 //! that took (`DEALLOCATE ALL`): later results of those types are decoded without a question.
-//! A type created after the connection opened still needs the question; the connection fails
-//! that statement and is then discarded by the pool, and its replacement knows the type.
+//! A type created after the connection opened still needs the question; with unnamed
+//! statements the connection fails that statement and is then discarded by the pool, and its
+//! replacement knows the type.
 
 use std::{
+    any::TypeId,
     collections::HashMap,
     num::NonZeroU32,
     sync::{
@@ -39,10 +51,13 @@ use diesel::{
 };
 use diesel_async::{
     pooled_connection::PoolableConnection, AnsiTransactionManager, AsyncConnection,
-    AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection, TransactionManager,
+    AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
 };
 use futures::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt, TryStreamExt};
-use tokio_postgres::types::{private::BytesMut, FromSql, IsNull, Kind, ToSql, Type};
+use tokio_postgres::{
+    types::{private::BytesMut, FromSql, IsNull, Kind, ToSql, Type},
+    Statement,
+};
 
 /// How statements reach PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,68 +81,54 @@ impl StatementMode {
     }
 }
 
-/// A connection of the pool, in one of the [`StatementMode`]s.
-#[allow(clippy::large_enum_variant)]
-pub enum DbConnection {
-    Prepared(AsyncPgConnection),
-    Unnamed(UnnamedConnection),
+/// What a prepared statement is kept under: its query type when diesel gives it a static id
+/// (no SQL need be built to find it), else its SQL and parameter types.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StatementKey {
+    Type(TypeId),
+    Sql(String, Vec<u32>),
 }
 
-impl std::fmt::Debug for DbConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Prepared(_) => "DbConnection::Prepared",
-            Self::Unnamed(_) => "DbConnection::Unnamed",
-        })
-    }
-}
-
-impl DbConnection {
-    /// Opens a connection in `mode`.
-    ///
-    /// # Errors
-    /// When PostgreSQL cannot be reached or the connection cannot be set up.
-    pub async fn open(url: &str, mode: StatementMode) -> ConnectionResult<Self> {
-        match mode {
-            StatementMode::Prepared => AsyncPgConnection::establish(url).await.map(Self::Prepared),
-            StatementMode::Unnamed => UnnamedConnection::establish(url).await.map(Self::Unnamed),
-        }
-    }
-}
-
-/// A connection over tokio-postgres that sends every statement unnamed; see the module.
-pub struct UnnamedConnection {
+/// A connection of the pool, in one of the [`StatementMode`]s; see the module.
+pub struct DbConnection {
     client: tokio_postgres::Client,
+    mode: StatementMode,
+    /// The statements prepared on this connection ([`StatementMode::Prepared`]).
+    statements: HashMap<StatementKey, Statement>,
+    /// Whether statements are kept at all (diesel's `CacheSize`).
+    keep_statements: bool,
     transaction_state: AnsiTransactionManager,
     instrumentation: DynInstrumentation,
     /// The schema's enum types.
     types: Arc<TypeMap>,
-    /// Set when the connection can no longer be trusted (its socket closed, or a statement
-    /// needed a type it did not know): the pool then discards it.
+    /// Set when the connection can no longer be trusted (its socket closed, the server ended
+    /// the session, or a statement needed a type it did not know): the pool then discards it.
     broken: Arc<AtomicBool>,
     _driver: tokio::task::JoinHandle<()>,
 }
 
-impl std::fmt::Debug for UnnamedConnection {
+impl std::fmt::Debug for DbConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnnamedConnection")
+        f.debug_struct("DbConnection")
+            .field("mode", &self.mode)
+            .field("statements", &self.statements.len())
             .field("types", &self.types.len())
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for UnnamedConnection {
+impl Drop for DbConnection {
     fn drop(&mut self) {
         self._driver.abort();
     }
 }
 
-impl UnnamedConnection {
-    /// Opens a connection and learns the schema's enum types.
+impl DbConnection {
+    /// Opens a connection in `mode` and learns the schema's enum types.
     ///
     /// # Errors
     /// When PostgreSQL cannot be reached or the types cannot be read.
-    pub async fn establish(url: &str) -> ConnectionResult<Self> {
+    pub async fn open(url: &str, mode: StatementMode) -> ConnectionResult<Self> {
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
@@ -141,6 +142,9 @@ impl UnnamedConnection {
         });
         let mut conn = Self {
             client,
+            mode,
+            statements: HashMap::new(),
+            keep_statements: true,
             transaction_state: AnsiTransactionManager::default(),
             instrumentation: DynInstrumentation::default_instrumentation(),
             types: Arc::default(),
@@ -151,6 +155,12 @@ impl UnnamedConnection {
             .await
             .map_err(ConnectionError::CouldntSetupConfiguration)?;
         Ok(conn)
+    }
+
+    /// The mode the connection sends its statements in.
+    #[must_use]
+    pub fn mode(&self) -> StatementMode {
+        self.mode
     }
 
     async fn learn_types(&mut self) -> QueryResult<()> {
@@ -206,23 +216,107 @@ impl UnnamedConnection {
         learned.and(ended)
     }
 
-    /// The SQL and parameters of a query, with their types.
-    fn build(&self, query: &dyn QueryFragment<Pg>) -> QueryResult<(String, Vec<(Bind, Type)>)> {
-        let mut builder = PgQueryBuilder::default();
-        query.to_sql(&mut builder, &Pg)?;
-        let mut binds = RawBytesBindCollector::<Pg>::new();
-        query.collect_binds(&mut binds, &mut KnownTypes(self.types.clone()), &Pg)?;
-        let params = binds
-            .metadata
-            .iter()
-            .zip(binds.binds)
-            .map(|(metadata, bytes)| Ok((Bind(bytes), param_type(metadata)?)))
-            .collect::<QueryResult<Vec<_>>>()?;
-        Ok((builder.finish(), params))
-    }
-
     fn error(&self, error: tokio_postgres::Error) -> Error {
         from_tokio_postgres(error, &self.broken)
+    }
+}
+
+/// The SQL of a query.
+fn sql(query: &dyn QueryFragment<Pg>) -> QueryResult<String> {
+    let mut builder = PgQueryBuilder::default();
+    query.to_sql(&mut builder, &Pg)?;
+    Ok(builder.finish())
+}
+
+/// A query's parameters, serialised by diesel, with their types.
+fn binds(query: &dyn QueryFragment<Pg>, types: &Arc<TypeMap>) -> QueryResult<Vec<(Bind, Type)>> {
+    let mut binds = RawBytesBindCollector::<Pg>::new();
+    query.collect_binds(&mut binds, &mut KnownTypes(types.clone()), &Pg)?;
+    binds
+        .metadata
+        .iter()
+        .zip(binds.binds)
+        .map(|(metadata, bytes)| Ok((Bind(bytes), param_type(metadata)?)))
+        .collect()
+}
+
+/// How a query is to be sent: as a statement kept on the connection (found, or to be
+/// prepared and kept), or unnamed when statements are not kept or this one may not be (its
+/// SQL depends on its values, as with an `IN` list).
+fn plan<'c, Q>(
+    query: &Q,
+    keep: Option<&'c mut HashMap<StatementKey, Statement>>,
+    types: &Arc<TypeMap>,
+) -> QueryResult<Plan<'c>>
+where
+    Q: QueryFragment<Pg> + QueryId,
+{
+    let params = binds(query, types)?;
+    let statements = match keep {
+        Some(statements) if query.is_safe_to_cache_prepared(&Pg)? => statements,
+        _ => {
+            return Ok(Plan::Unnamed {
+                sql: sql(query)?,
+                params,
+            })
+        }
+    };
+    let (key, sql) = match Q::query_id() {
+        Some(id) => (StatementKey::Type(id), None),
+        None => {
+            let sql = sql(query)?;
+            let types = params.iter().map(|(_, ty)| ty.oid()).collect();
+            (StatementKey::Sql(sql.clone(), types), Some(sql))
+        }
+    };
+    let statement = match statements.get(&key) {
+        Some(statement) => Ok(statement.clone()),
+        None => Err(Preparing {
+            key,
+            sql: match sql {
+                Some(sql) => sql,
+                None => self::sql(query)?,
+            },
+            types: params.iter().map(|(_, ty)| ty.clone()).collect(),
+            statements,
+        }),
+    };
+    Ok(Plan::Prepared { statement, params })
+}
+
+/// How one statement goes out; see [`plan`].
+enum Plan<'c> {
+    Unnamed {
+        sql: String,
+        params: Vec<(Bind, Type)>,
+    },
+    Prepared {
+        /// The statement kept on the connection, or what is needed to prepare and keep it.
+        statement: Result<Statement, Preparing<'c>>,
+        params: Vec<(Bind, Type)>,
+    },
+}
+
+/// A statement to prepare on the connection, and where to keep it.
+struct Preparing<'c> {
+    key: StatementKey,
+    sql: String,
+    types: Vec<Type>,
+    statements: &'c mut HashMap<StatementKey, Statement>,
+}
+
+impl Preparing<'_> {
+    async fn prepare(
+        self,
+        client: &tokio_postgres::Client,
+        broken: &AtomicBool,
+    ) -> QueryResult<Statement> {
+        let statement = client
+            .prepare_typed(&self.sql, &self.types)
+            .await
+            .map_err(|e| from_tokio_postgres(e, broken))?;
+        self.statements.insert(self.key, statement.clone());
+        Ok(statement)
     }
 }
 
@@ -276,6 +370,9 @@ impl ToSql for Bind {
     tokio_postgres::types::to_sql_checked!();
 }
 
+/// Translates tokio-postgres's failure, by its SQLSTATE. A failure with none (no answer from
+/// PostgreSQL: the connection closed, or could not be written to) and one that ends the
+/// session mark the connection broken and read as [`DatabaseErrorKind::ClosedConnection`].
 fn from_tokio_postgres(error: tokio_postgres::Error, broken: &AtomicBool) -> Error {
     use tokio_postgres::error::SqlState;
     let Some(db) = error.as_db_error().cloned() else {
@@ -310,7 +407,6 @@ fn from_tokio_postgres(error: tokio_postgres::Error, broken: &AtomicBool) -> Err
     };
     Error::DatabaseError(kind, Box::new(DbErrorInfo(db)))
 }
-
 /// Errors after which the connection is gone: a connection exception (class 08, which is
 /// also what PgBouncer sends when its server connection fails under a query) or the server
 /// terminating its sessions (`admin_shutdown`, `crash_shutdown`, `cannot_connect_now`).
@@ -356,42 +452,15 @@ impl DatabaseErrorInformation for DbErrorInfo {
     }
 }
 
-type PreparedRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
-
-/// A result row of either kind of connection.
-pub enum DbRow {
-    Prepared(PreparedRow),
-    Unnamed(UnnamedRow),
+/// A result row, with its columns' type OIDs for diesel (shared by the rows of a statement).
+pub struct DbRow {
+    row: tokio_postgres::Row,
+    oids: Arc<[NonZeroU32]>,
 }
 
 impl std::fmt::Debug for DbRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DbRow")
-    }
-}
-
-/// A row of an unnamed statement, with its columns' type OIDs for diesel.
-pub struct UnnamedRow {
-    row: tokio_postgres::Row,
-    oids: Vec<NonZeroU32>,
-}
-
-impl std::fmt::Debug for UnnamedRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnnamedRow")
-            .field("row", &self.row)
-            .finish()
-    }
-}
-
-impl UnnamedRow {
-    fn new(row: tokio_postgres::Row) -> Self {
-        let oids = row
-            .columns()
-            .iter()
-            .map(|c| NonZeroU32::new(c.type_().oid()).unwrap_or(NonZeroU32::MIN))
-            .collect();
-        Self { row, oids }
+        f.debug_struct("DbRow").field("row", &self.row).finish()
     }
 }
 
@@ -406,10 +475,7 @@ impl<'a> Row<'a, Pg> for DbRow {
     type InnerPartialRow = Self;
 
     fn field_count(&self) -> usize {
-        match self {
-            Self::Prepared(row) => Row::<'a, Pg>::field_count(row),
-            Self::Unnamed(row) => row.row.len(),
-        }
+        self.row.len()
     }
 
     fn get<'f, I>(&'f self, idx: I) -> Option<Self::Field<'f>>
@@ -418,10 +484,7 @@ impl<'a> Row<'a, Pg> for DbRow {
         Self: RowIndex<I>,
     {
         let idx = self.idx(idx)?;
-        match self {
-            Self::Prepared(row) => Row::<'a, Pg>::get(row, idx).map(DbField::Prepared),
-            Self::Unnamed(row) => Some(DbField::Unnamed(row, idx)),
-        }
+        Some(DbField { row: self, idx })
     }
 
     fn partial_row(&self, range: std::ops::Range<usize>) -> PartialRow<'_, Self> {
@@ -431,26 +494,20 @@ impl<'a> Row<'a, Pg> for DbRow {
 
 impl RowIndex<usize> for DbRow {
     fn idx(&self, idx: usize) -> Option<usize> {
-        match self {
-            Self::Prepared(row) => RowIndex::<usize>::idx(row, idx),
-            Self::Unnamed(row) => (idx < row.row.len()).then_some(idx),
-        }
+        (idx < self.row.len()).then_some(idx)
     }
 }
 
 impl<'n> RowIndex<&'n str> for DbRow {
     fn idx(&self, idx: &'n str) -> Option<usize> {
-        match self {
-            Self::Prepared(row) => RowIndex::<&'n str>::idx(row, idx),
-            Self::Unnamed(row) => row.row.columns().iter().position(|c| c.name() == idx),
-        }
+        self.row.columns().iter().position(|c| c.name() == idx)
     }
 }
 
 /// A field of a [`DbRow`].
-pub enum DbField<'f> {
-    Prepared(<PreparedRow as Row<'f, Pg>>::Field<'f>),
-    Unnamed(&'f UnnamedRow, usize),
+pub struct DbField<'f> {
+    row: &'f DbRow,
+    idx: usize,
 }
 
 impl std::fmt::Debug for DbField<'_> {
@@ -461,20 +518,12 @@ impl std::fmt::Debug for DbField<'_> {
 
 impl<'f> Field<'f, Pg> for DbField<'f> {
     fn field_name(&self) -> Option<&str> {
-        match self {
-            Self::Prepared(field) => field.field_name(),
-            Self::Unnamed(row, idx) => Some(row.row.columns()[*idx].name()),
-        }
+        Some(self.row.row.columns()[self.idx].name())
     }
 
     fn value(&self) -> Option<PgValue<'_>> {
-        match self {
-            Self::Prepared(field) => field.value(),
-            Self::Unnamed(row, idx) => {
-                let Raw(bytes) = row.row.get(*idx);
-                bytes.map(|bytes| PgValue::new(bytes, &row.oids[*idx]))
-            }
-        }
+        let Raw(bytes) = self.row.row.get(self.idx);
+        bytes.map(|bytes| PgValue::new(bytes, &self.row.oids[self.idx]))
     }
 }
 
@@ -509,21 +558,32 @@ impl<'a> FromSql<'a> for Raw<'a> {
 /// therefore read whole here, whichever way it is called: its rows, or its failure, reach the
 /// caller only once the statement has ended.
 async fn to_the_end(
-    rows: impl std::future::Future<Output = QueryResult<BoxStream<'static, QueryResult<DbRow>>>>,
+    rows: tokio_postgres::RowStream,
+    broken: &AtomicBool,
 ) -> QueryResult<BoxStream<'static, QueryResult<DbRow>>> {
-    let rows: Vec<DbRow> = rows.await?.try_collect().await?;
-    Ok(futures::stream::iter(rows.into_iter().map(Ok)).boxed())
+    let rows: Vec<tokio_postgres::Row> = rows
+        .try_collect()
+        .await
+        .map_err(|e| from_tokio_postgres(e, broken))?;
+    let oids: Arc<[NonZeroU32]> = rows.first().map_or_else(Arc::default, |row| {
+        row.columns()
+            .iter()
+            .map(|c| NonZeroU32::new(c.type_().oid()).unwrap_or(NonZeroU32::MIN))
+            .collect()
+    });
+    Ok(futures::stream::iter(rows.into_iter().map(move |row| {
+        Ok(DbRow {
+            row,
+            oids: oids.clone(),
+        })
+    }))
+    .boxed())
 }
 
 impl SimpleAsyncConnection for DbConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        match self {
-            Self::Prepared(conn) => conn.batch_execute(query).await,
-            Self::Unnamed(conn) => {
-                let result = conn.client.batch_execute(query).await;
-                result.map_err(|e| conn.error(e))
-            }
-        }
+        let result = self.client.batch_execute(query).await;
+        result.map_err(|e| self.error(e))
     }
 }
 
@@ -542,29 +602,31 @@ impl AsyncConnectionCore for DbConnection {
         T: AsQuery + 'query,
         T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
     {
-        let rows = match self {
-            Self::Prepared(conn) => conn
-                .load(source)
-                .map(|stream| Ok(stream?.map_ok(DbRow::Prepared).boxed()))
-                .boxed(),
-            Self::Unnamed(conn) => {
-                let built = conn.build(&source.as_query());
-                let (client, broken) = (&conn.client, conn.broken.clone());
-                async move {
-                    let (sql, params) = built?;
-                    let rows = client
-                        .query_typed_raw(&sql, params)
-                        .await
-                        .map_err(|e| from_tokio_postgres(e, &broken))?;
-                    Ok(rows
-                        .map_ok(|row| DbRow::Unnamed(UnnamedRow::new(row)))
-                        .map_err(move |e| from_tokio_postgres(e, &broken))
-                        .boxed())
+        let query = source.as_query();
+        let types = self.types.clone();
+        let (client, broken) = (&self.client, self.broken.clone());
+        let planned = plan(
+            &query,
+            (self.mode == StatementMode::Prepared && self.keep_statements)
+                .then_some(&mut self.statements),
+            &types,
+        );
+        async move {
+            let rows = match planned? {
+                Plan::Unnamed { sql, params } => client.query_typed_raw(&sql, params).await,
+                Plan::Prepared { statement, params } => {
+                    let statement = match statement {
+                        Ok(statement) => statement,
+                        Err(preparing) => preparing.prepare(client, &broken).await?,
+                    };
+                    let params = params.into_iter().map(|(bind, _)| bind);
+                    client.query_raw(&statement, params).await
                 }
-                .boxed()
             }
-        };
-        to_the_end(rows).boxed()
+            .map_err(|e| from_tokio_postgres(e, &broken))?;
+            to_the_end(rows, &broken).await
+        }
+        .boxed()
     }
 
     fn execute_returning_count<'conn, 'query, T>(
@@ -574,76 +636,74 @@ impl AsyncConnectionCore for DbConnection {
     where
         T: QueryFragment<Self::Backend> + QueryId + 'query,
     {
-        match self {
-            Self::Prepared(conn) => conn.execute_returning_count(source),
-            Self::Unnamed(conn) => {
-                let built = conn.build(&source);
-                let (client, broken) = (&conn.client, conn.broken.clone());
-                async move {
-                    let (sql, params) = built?;
+        let types = self.types.clone();
+        let (client, broken) = (&self.client, self.broken.clone());
+        let planned = plan(
+            &source,
+            (self.mode == StatementMode::Prepared && self.keep_statements)
+                .then_some(&mut self.statements),
+            &types,
+        );
+        async move {
+            // tokio-postgres returns the count only once `ReadyForQuery` has arrived.
+            let count = match planned? {
+                Plan::Unnamed { sql, params } => {
                     let params: Vec<(&(dyn ToSql + Sync), Type)> = params
                         .iter()
                         .map(|(bind, ty)| (bind as &(dyn ToSql + Sync), ty.clone()))
                         .collect();
-                    let count = client
-                        .execute_typed(&sql, &params)
-                        .await
-                        .map_err(|e| from_tokio_postgres(e, &broken))?;
-                    usize::try_from(count).map_err(|e| Error::DeserializationError(Box::new(e)))
+                    client.execute_typed(&sql, &params).await
                 }
-                .boxed()
+                Plan::Prepared { statement, params } => {
+                    let statement = match statement {
+                        Ok(statement) => statement,
+                        Err(preparing) => preparing.prepare(client, &broken).await?,
+                    };
+                    let params = params.iter().map(|(bind, _)| bind);
+                    client.execute_raw(&statement, params).await
+                }
             }
+            .map_err(|e| from_tokio_postgres(e, &broken))?;
+            usize::try_from(count).map_err(|e| Error::DeserializationError(Box::new(e)))
         }
+        .boxed()
     }
 }
 
 impl AsyncConnection for DbConnection {
     type TransactionManager = AnsiTransactionManager;
 
-    /// A connection with prepared statements (diesel-async's default).
+    /// A connection with prepared statements.
     async fn establish(database_url: &str) -> ConnectionResult<Self> {
         Self::open(database_url, StatementMode::Prepared).await
     }
 
     fn transaction_state(&mut self) -> &mut AnsiTransactionManager {
-        match self {
-            Self::Prepared(conn) => conn.transaction_state(),
-            Self::Unnamed(conn) => &mut conn.transaction_state,
-        }
+        &mut self.transaction_state
     }
 
     fn instrumentation(&mut self) -> &mut dyn Instrumentation {
-        match self {
-            Self::Prepared(conn) => conn.instrumentation(),
-            Self::Unnamed(conn) => &mut *conn.instrumentation,
-        }
+        &mut *self.instrumentation
     }
 
     fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
-        match self {
-            Self::Prepared(conn) => conn.set_instrumentation(instrumentation),
-            Self::Unnamed(conn) => conn.instrumentation = instrumentation.into(),
-        }
+        self.instrumentation = instrumentation.into();
     }
 
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
-        if let Self::Prepared(conn) = self {
-            conn.set_prepared_statement_cache_size(size);
+        self.keep_statements = matches!(size, CacheSize::Unbounded);
+        if !self.keep_statements {
+            self.statements.clear();
         }
     }
 }
 
 impl PoolableConnection for DbConnection {
     fn is_broken(&mut self) -> bool {
-        match self {
-            Self::Prepared(conn) => conn.is_broken(),
-            Self::Unnamed(conn) => {
-                if conn.broken.load(Ordering::SeqCst) || conn.client.is_closed() {
-                    return true;
-                }
-                AnsiTransactionManager::is_broken_transaction_manager(self)
-            }
+        if self.broken.load(Ordering::SeqCst) || self.client.is_closed() {
+            return true;
         }
+        AnsiTransactionManager::is_broken_transaction_manager(self)
     }
 }
 
@@ -677,11 +737,15 @@ mod on_a_database {
         OrderNumber::parse(&with_check_digit(&n.to_string())).expect("valid number")
     }
 
-    fn unnamed_store(url: &str, connections: usize) -> PgStore {
+    fn store_in(mode: StatementMode, url: &str, connections: usize) -> PgStore {
         let mut config = PgPoolConfig::new(url);
         config.max_size = connections;
-        config.statements = StatementMode::Unnamed;
+        config.statements = mode;
         PgStore::new(config.build().expect("pool"))
+    }
+
+    fn unnamed_store(url: &str, connections: usize) -> PgStore {
+        store_in(StatementMode::Unnamed, url, connections)
     }
 
     /// Every kind of statement the store sends: fixed SQL, diesel's DSL, enum parameters and
@@ -770,16 +834,22 @@ mod on_a_database {
     /// The server ends the session under a running statement, as it does to every session
     /// when it shuts down (SQLSTATE 57P01), and PgBouncer does with class 08 when its server
     /// connection fails: the caller is told the database is unavailable (503), not that the
-    /// statement failed (500), and the pool replaces the connection.
+    /// statement failed (500), and the pool replaces the connection; in both statement modes.
     #[tokio::test]
     async fn a_session_the_server_ends_under_a_statement_reports_the_database_unavailable() {
+        for mode in [StatementMode::Prepared, StatementMode::Unnamed] {
+            the_session_ends_under_a_statement(mode).await;
+        }
+    }
+
+    async fn the_session_ends_under_a_statement(mode: StatementMode) {
         #[derive(QueryableByName)]
         struct Pid {
             #[diesel(sql_type = Int4)]
             pid: i32,
         }
         let db = TestDatabase::create().await;
-        let (store, observer) = (unnamed_store(db.url(), 1), unnamed_store(db.url(), 1));
+        let (store, observer) = (store_in(mode, db.url(), 1), store_in(mode, db.url(), 1));
         let mut conn = store.conn().await.expect("connection");
         let Pid { pid } = diesel::sql_query("SELECT pg_backend_pid() AS pid")
             .get_result(&mut conn)
@@ -817,7 +887,7 @@ mod on_a_database {
         let error = crate::error::from_diesel(slept.expect_err("the session was ended"));
         assert!(
             matches!(error, application::RepositoryError::Unavailable(_)),
-            "{error:?}"
+            "{mode:?}: {error:?}"
         );
         store.ping().await.expect("a new connection");
     }
@@ -841,9 +911,7 @@ mod on_a_database {
         )
         .await;
         for mode in [StatementMode::Prepared, StatementMode::Unnamed] {
-            let mut config = PgPoolConfig::new(db.url());
-            config.statements = mode;
-            let store = PgStore::new(config.build().expect("pool"));
+            let store = store_in(mode, db.url(), 1);
             let mut conn = store.conn().await.expect("connection");
             let insert = || diesel::sql_query("INSERT INTO scratch VALUES (1), (2) RETURNING n");
 

@@ -16,9 +16,10 @@ pub fn from_pool(error: PoolError) -> RepositoryError {
 }
 
 /// A query failure. One that never got an answer from PostgreSQL (the connection closed under
-/// it, or died while it sat idle in the pool) means the database is unavailable: diesel-async
-/// reports it as `UnableToSendCommand`, the connection of unnamed statements as
-/// `ClosedConnection`.
+/// it, or died while it sat idle in the pool), or a session the server ended, means the
+/// database is unavailable: the pool's connection reports it as `ClosedConnection` (from its
+/// SQLSTATE, in either statement mode), diesel-async's own connection (migrations) as
+/// `UnableToSendCommand`.
 pub fn from_diesel(error: DieselError) -> RepositoryError {
     match &error {
         DieselError::DatabaseError(

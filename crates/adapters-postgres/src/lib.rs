@@ -1,7 +1,8 @@
 //! Gophermart's storage in PostgreSQL.
 //!
 //! Every port of the application layer that keeps state is implemented here over one deadpool
-//! pool of diesel-async connections. SQL lives only in this crate, and no diesel type leaves
+//! pool of connections that offer diesel-async's interface over tokio-postgres
+//! ([`DbConnection`]). SQL lives only in this crate, and no diesel type leaves
 //! it: failures are translated into the application's error enums.
 
 mod audit;
