@@ -18,11 +18,14 @@ build:
 	$(CARGO) build --release --bins
 
 # The local cluster of `make run` keeps its data in .pgdata between runs; `make clean-db` drops it.
+# As root, when the `postgres` user cannot reach the checkout (one in /root, of mode 700), the
+# data lives in /var/lib/gophermart/ instead and .pgdata is a link to it (scripts/with-postgres.sh);
+# `make clean-db` removes the link and that folder.
 run: build
 	scripts/with-postgres.sh --keep-dir "$(CURDIR)/.pgdata" scripts/run.sh
 
 clean-db:
-	rm -rf .pgdata
+	scripts/with-postgres.sh --remove-keep-dir "$(CURDIR)/.pgdata"
 
 check-tools:
 	@scripts/check-tools.sh

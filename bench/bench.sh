@@ -3,7 +3,9 @@
 # loadgen driver), makes sure wrk and Python 3 are there (installing Debian's packages when they
 # are missing and this runs as root), then runs bench/run.py against a throwaway PostgreSQL
 # cluster (scripts/with-postgres.sh; a DATABASE_URI of the caller is ignored on purpose: the
-# benchmark rewrites balances and deletes rows). Results: target/bench/.
+# benchmark rewrites balances and deletes rows; its header says where the cluster's folder goes,
+# and scripts/with-pgbouncer.sh's where PgBouncer's does; both are removed afterwards).
+# Results: target/bench/.
 #
 # Environment: see bench/run.py (BENCH_DURATION, BENCH_LEVELS, BENCH_RATE_LIMIT, ...);
 # BENCH_BIN_DIR runs already-built binaries from that folder instead of building.

@@ -15,7 +15,8 @@
 # undocumented methods refused with 405 and `Allow`. Prints one summary line (cases, requests,
 # failures by check, 5xx answers) and exits non-zero on any failure. docs/fuzzing.md explains it.
 #
-# Installs Schemathesis (the version pinned below) into target/fuzz-venv when it is missing.
+# Installs Schemathesis (the version pinned below) into target/fuzz-venv when it is missing. The
+# database is a throwaway cluster of scripts/with-postgres.sh (its header says where it goes).
 # Reports (NDJSON, JUnit), the generated Schemathesis configuration and gophermart's log go to
 # FUZZ_REPORT_DIR.
 #

@@ -3,6 +3,10 @@
 # 127.0.0.1:8080 pointed at it, against the database in DATABASE_URI (scripts/with-postgres.sh
 # provides a local one). Stops both on Ctrl-C.
 #
+# Folders: without JWT_SECRET, a secret made once is kept in .run/jwt-secret in the checkout, so
+# that tokens survive restarts. `make run`'s database is scripts/with-postgres.sh's kept cluster
+# (its header says where the data lives).
+#
 # Environment: RUN_ADDRESS, ACCRUAL_RUN_ADDRESS, ACCRUAL_SYSTEM_ADDRESS, JWT_SECRET,
 # ACCRUAL_RATE_LIMIT and the rest of each program's settings (see README.md).
 set -euo pipefail

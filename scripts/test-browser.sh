@@ -9,6 +9,10 @@
 # root; otherwise it fails naming them), and the Node driver's packages
 # (scripts/browser/node_modules, from the committed package-lock.json).
 #
+# Folders: the screenshot's folder is made when missing; gophermart's log is a temporary
+# /tmp/gophermart-browser.XXXXXX.log, removed at the end; the database is a throwaway cluster
+# of scripts/with-postgres.sh (its header says where).
+#
 # Environment: CHROMIUM (the browser, default: chromium on the PATH), SCREENSHOT (default
 # docs/screenshots/swagger-ui.png), CARGO (default cargo).
 set -euo pipefail

@@ -7,6 +7,12 @@
 # port of 127.0.0.1, serves every database of the server with PGBOUNCER_POOL_SIZE (2) server
 # connections per database, and is stopped and its folder removed when the command ends.
 #
+# Folders. PgBouncer's folder (configuration, user list, socket, log and pid file) is a new
+# /tmp/gophermart-pgbouncer.XXXXXX, whatever TMPDIR and the working folder are, so that the
+# `postgres` user can reach it when this runs as root (the caller's own folders, a home of mode
+# 700 say, are never opened to it); as root it is given to `postgres`, and its files made
+# readable to it. The script stops, naming the folder, when `postgres` cannot use it.
+#
 # The command sees, besides DATABASE_URI (still direct):
 #   DATABASE_POOLER_URI  DATABASE_URI with PgBouncer's host and port
 #   PGBOUNCER_CTL        a script: `$PGBOUNCER_CTL kill` (SIGKILL), `$PGBOUNCER_CTL start`
@@ -64,6 +70,11 @@ port="$(free_port)"
 if [[ "$(id -u)" == 0 ]]; then
     id postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres
     chown postgres "$dir"
+    if ! (cd / && runuser -u postgres -- test -x "$dir") || ! (cd / && runuser -u postgres -- test -w "$dir"); then
+        rm -rf "$dir"
+        echo "with-pgbouncer: the postgres user, which runs PgBouncer here, cannot use $dir ($(stat -c 'mode %a, owner %U' /tmp) for /tmp); make /tmp usable by every user (mode 1777)" >&2
+        exit 1
+    fi
 fi
 
 cat >"$dir/userlist.txt" <<EOF
@@ -93,7 +104,7 @@ cat >"$dir/ctl" <<EOF
 #!/usr/bin/env bash
 # kill: SIGKILL PgBouncer; start: start it again (waits until it accepts connections).
 set -euo pipefail
-as_pg() { if [[ "\$(id -u)" == 0 ]]; then runuser -u postgres -- "\$@"; else "\$@"; fi; }
+as_pg() { if [[ "\$(id -u)" == 0 ]]; then (cd / && runuser -u postgres -- "\$@"); else "\$@"; fi; }
 case "\${1:-}" in
     kill)
         if [[ -f "$dir/pgbouncer.pid" ]]; then
@@ -118,6 +129,7 @@ EOF
 chmod 755 "$dir/ctl"
 chmod -R go+rX "$dir"
 
+# shellcheck disable=SC2317 # (run by the trap)
 stop_pgbouncer() {
     "$dir/ctl" kill || true
     rm -rf "$dir"
