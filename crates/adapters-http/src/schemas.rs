@@ -133,7 +133,11 @@ pub struct Internal(pub Problem);
 #[derive(Debug, ToResponse)]
 #[response(
     description = "The database is out of reach or busy, or (registration and sign-in) too many \
-        passwords are waiting to be checked; nothing was changed. Worth retrying after `Retry-After`.",
+        passwords are waiting to be checked. Worth retrying after `Retry-After`. A read changed \
+        nothing. An upload, a withdrawal or a registration may have been stored all the same \
+        when the database went away before confirming it: its outcome is unknown, and the \
+        client repeats the same request. That is safe: an order number is stored once, and the \
+        repeat of a stored upload or withdrawal answers 200 (a stored registration: 409).",
     content_type = "application/problem+json",
     headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")),
     example = json!({"type": "about:blank", "title": "Service Unavailable", "status": 503})
