@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: pooled-tests pooler-experiment run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short
+.PHONY: pooled-tests pooler-experiment switchover-experiment run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short
 
 help:
 	@echo "make run    - PostgreSQL (throwaway unless DATABASE_URI is set), accrual on :8081, gophermart on :8080"
@@ -61,6 +61,14 @@ pooled-tests:
 # statements.
 pooler-experiment: build
 	PGBOUNCER_POOL_SIZE=4 scripts/with-postgres.sh scripts/with-pgbouncer.sh python3 scripts/pooler-experiment.py
+
+# Planned switchovers of the database's primary under load: a throwaway pg_auto_failover
+# formation (a monitor and two nodes with synchronous replication; scripts/with-auto-failover.sh
+# installs Debian's postgresql-15-auto-failover when root), one release instance following the
+# primary, 8 customers uploading and withdrawing, SWITCHOVER_RUNS (5) switchovers. Fails on an
+# acknowledged write that is missing afterwards, a 500 or a failed ledger audit.
+switchover-experiment: build
+	scripts/with-auto-failover.sh python3 scripts/switchover-experiment.py
 
 # The API page in headless Chromium, refreshing docs/screenshots/swagger-ui.png; `make test`
 # runs it with its screenshot in /tmp. Either installs Debian's chromium, nodejs and npm when
