@@ -34,7 +34,7 @@ pub trait ServiceStatus: Send + Sync {
 }
 
 /// How the service reaches its database.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DatabaseModes {
     /// `prepared` (named prepared statements) or `unnamed` (one round trip each, nothing kept
     /// on the server: for a transaction pooler).
@@ -44,6 +44,11 @@ pub struct DatabaseModes {
     /// worker polls for orders queued elsewhere).
     #[schema(value_type = String, example = "listen")]
     pub wakeups: &'static str,
+    /// The database server the last connection opened reached, `address:port`: with several
+    /// hosts in `DATABASE_URI` and `target_session_attrs=read-write`, the primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "10.0.0.5:5432")]
+    pub server: Option<String>,
 }
 
 /// The state of the operational endpoints.

@@ -68,17 +68,24 @@ pub fn error_problem<E: actix_web::ResponseError>(error: &E) -> HttpResponse {
 }
 
 /// The status for a storage failure: 503 when the database is out of reach (worth retrying),
-/// 500 otherwise. Both are logged with their whole cause chain; the body says nothing more.
+/// 500 otherwise. A 500 is logged as an error with its whole cause chain; a 503 only at debug
+/// level, since the storage adapter reports an outage once, when it begins and when it ends,
+/// and the metrics count the 503s. The body says nothing more.
 pub fn repository_status(error: &RepositoryError) -> StatusCode {
-    log_chain(error);
     match error {
-        RepositoryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        RepositoryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RepositoryError::Unavailable(_) => {
+            tracing::debug!(error = %chain(error), "request refused: the database is unavailable");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        RepositoryError::Internal(_) => {
+            log_chain(error);
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
-/// Logs an error with every cause beneath it.
-pub fn log_chain(error: &(dyn std::error::Error + 'static)) {
+/// An error with every cause beneath it.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -86,7 +93,12 @@ pub fn log_chain(error: &(dyn std::error::Error + 'static)) {
         chain.push_str(&cause.to_string());
         source = cause.source();
     }
-    tracing::error!(error = %chain, "request failed");
+    chain
+}
+
+/// Logs an error with every cause beneath it.
+pub fn log_chain(error: &(dyn std::error::Error + 'static)) {
+    tracing::error!(error = %chain(error), "request failed");
 }
 
 /// Gives every error response that lacks one a problem body: routing misses (404, 405) and

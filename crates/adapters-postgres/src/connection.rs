@@ -37,6 +37,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use diesel::{
@@ -58,6 +59,8 @@ use tokio_postgres::{
     types::{private::BytesMut, FromSql, IsNull, Kind, ToSql, Type},
     Statement,
 };
+
+use crate::availability::Availability;
 
 /// How statements reach PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,30 @@ impl StatementMode {
     }
 }
 
+/// How a connection is opened, how long its statements may take, and where it reports whether
+/// the database answers.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Longest wait to open the connection, shared between the URI's hosts (each is given
+    /// its part, so that a host that does not answer leaves time for the next), unless the
+    /// URI sets `connect_timeout` itself.
+    pub connect_timeout: Option<Duration>,
+    /// Longest wait for a statement's answer, up to its `ReadyForQuery`. Past it the statement
+    /// fails as the database being unavailable (its outcome is unknown) and the connection is
+    /// discarded: a server that went silent (a network partition) cannot hold a request for
+    /// longer. `None`: no limit.
+    pub statement_timeout: Option<Duration>,
+    /// Told when the connection cannot be opened or a statement gets no answer, and when the
+    /// database answers again (see [`Availability`]).
+    pub availability: Option<Arc<Availability>>,
+}
+
+/// TCP keepalives for a connection whose URI sets none (the operating system's default waits
+/// two hours): an idle connection to a server that went silent is found dead in about 16 s.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVES_RETRIES: u32 = 3;
+
 /// What a prepared statement is kept under: its query type when diesel gives it a static id
 /// (no SQL need be built to find it), else its SQL and parameter types.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -97,6 +124,12 @@ pub struct DbConnection {
     statements: HashMap<StatementKey, Statement>,
     /// Whether statements are kept at all (diesel's `CacheSize`).
     keep_statements: bool,
+    /// See [`ConnectOptions::statement_timeout`].
+    statement_timeout: Option<Duration>,
+    /// See [`ConnectOptions::availability`].
+    availability: Option<Arc<Availability>>,
+    /// [`Availability::outages`] when the connection was opened.
+    opened_after: u64,
     transaction_state: AnsiTransactionManager,
     instrumentation: DynInstrumentation,
     /// The schema's enum types.
@@ -124,14 +157,52 @@ impl Drop for DbConnection {
 }
 
 impl DbConnection {
-    /// Opens a connection in `mode` and learns the schema's enum types.
+    /// Opens a connection in `mode` and learns the schema's enum types, with no time limits
+    /// of its own (migrations, tools).
     ///
     /// # Errors
     /// When PostgreSQL cannot be reached or the types cannot be read.
     pub async fn open(url: &str, mode: StatementMode) -> ConnectionResult<Self> {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+        Self::open_with(url, mode, ConnectOptions::default()).await
+    }
+
+    /// Opens a connection in `mode` with `options`, and learns the schema's enum types.
+    ///
+    /// # Errors
+    /// When the URI is not valid, PostgreSQL cannot be reached in time or the types cannot be
+    /// read.
+    pub async fn open_with(
+        url: &str,
+        mode: StatementMode,
+        options: ConnectOptions,
+    ) -> ConnectionResult<Self> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                ConnectionError::InvalidConnectionUrl(e.to_string())
+            })?;
+        if let (None, Some(total)) = (config.get_connect_timeout(), options.connect_timeout) {
+            let hosts = u32::try_from(config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+            config.connect_timeout((total / hosts).max(Duration::from_millis(500)));
+        }
+        if config.get_keepalives() && config.get_keepalives_idle() == Duration::from_secs(7200) {
+            config.keepalives_idle(KEEPALIVES_IDLE);
+            if config.get_keepalives_interval().is_none() {
+                config.keepalives_interval(KEEPALIVES_INTERVAL);
+            }
+            if config.get_keepalives_retries().is_none() {
+                config.keepalives_retries(KEEPALIVES_RETRIES);
+            }
+        }
+        let (client, connection) = match config.connect(tokio_postgres::NoTls).await {
+            Ok(connected) => connected,
+            Err(error) => {
+                let reason = describe(&error);
+                if let Some(availability) = &options.availability {
+                    availability.unreachable(&reason);
+                }
+                return Err(ConnectionError::BadConnection(reason));
+            }
+        };
         let broken = Arc::new(AtomicBool::new(false));
         let driver_broken = broken.clone();
         let driver = tokio::spawn(async move {
@@ -145,6 +216,9 @@ impl DbConnection {
             mode,
             statements: HashMap::new(),
             keep_statements: true,
+            statement_timeout: options.statement_timeout,
+            availability: options.availability.clone(),
+            opened_after: 0,
             transaction_state: AnsiTransactionManager::default(),
             instrumentation: DynInstrumentation::default_instrumentation(),
             types: Arc::default(),
@@ -154,7 +228,25 @@ impl DbConnection {
         conn.learn_types()
             .await
             .map_err(ConnectionError::CouldntSetupConfiguration)?;
+        if let Some(availability) = &options.availability {
+            let server = Self::server(&conn.client).await;
+            availability.connected(&server);
+            conn.opened_after = availability.outages();
+        }
         Ok(conn)
+    }
+
+    /// The server this connection reached, `address:port` (or the socket's port).
+    async fn server(client: &tokio_postgres::Client) -> String {
+        const SERVER: &str = "SELECT coalesce(host(inet_server_addr()), 'local socket') \
+             || ':' || coalesce(inet_server_port(), current_setting('port')::int)";
+        match client.query_typed(SERVER, &[]).await {
+            Ok(rows) => rows
+                .first()
+                .and_then(|row| row.try_get::<_, String>(0).ok())
+                .unwrap_or_default(),
+            Err(error) => format!("(unknown: {error})"),
+        }
     }
 
     /// The mode the connection sends its statements in.
@@ -370,6 +462,22 @@ impl ToSql for Bind {
     tokio_postgres::types::to_sql_checked!();
 }
 
+/// A failure and every cause beneath it, each said once ("error connecting to server:
+/// Connection refused (os error 111)").
+fn describe(error: &tokio_postgres::Error) -> String {
+    let mut said = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_said = cause.to_string();
+        if !said.ends_with(&cause_said) {
+            said.push_str(": ");
+            said.push_str(&cause_said);
+        }
+        source = cause.source();
+    }
+    said
+}
+
 /// Translates tokio-postgres's failure, by its SQLSTATE. A failure with none (no answer from
 /// PostgreSQL: the connection closed, or could not be written to) and one that ends the
 /// session mark the connection broken and read as [`DatabaseErrorKind::ClosedConnection`].
@@ -580,10 +688,57 @@ async fn to_the_end(
     .boxed())
 }
 
+/// `work`, a statement, given at most `limit` to end; see
+/// [`ConnectOptions::statement_timeout`].
+/// Tells `availability` what a statement's outcome says of the database: an answer, or none
+/// (a closed connection, a session the server ended, no answer in time).
+fn observe<T>(availability: Option<&Availability>, outcome: QueryResult<T>) -> QueryResult<T> {
+    if let Some(availability) = availability {
+        match &outcome {
+            Err(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info)) => {
+                availability.unreachable(info.message());
+            }
+            Err(Error::DatabaseError(..)) | Ok(_) => availability.answered(),
+            Err(_) => {}
+        }
+    }
+    outcome
+}
+
+async fn bounded<T>(
+    limit: Option<Duration>,
+    broken: &AtomicBool,
+    work: impl std::future::Future<Output = QueryResult<T>>,
+) -> QueryResult<T> {
+    let Some(limit) = limit else {
+        return work.await;
+    };
+    if let Ok(result) = tokio::time::timeout(limit, work).await {
+        return result;
+    }
+    // The answer may still come, to a statement nobody waits for: the connection is no longer
+    // in step with its statements.
+    broken.store(true, Ordering::SeqCst);
+    Err(Error::DatabaseError(
+        DatabaseErrorKind::ClosedConnection,
+        Box::new(format!(
+            "no answer from the database in {} ms",
+            limit.as_millis()
+        )),
+    ))
+}
+
 impl SimpleAsyncConnection for DbConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        let result = self.client.batch_execute(query).await;
-        result.map_err(|e| self.error(e))
+        let (client, broken) = (&self.client, &*self.broken);
+        let outcome = bounded(self.statement_timeout, broken, async {
+            client
+                .batch_execute(query)
+                .await
+                .map_err(|e| from_tokio_postgres(e, broken))
+        })
+        .await;
+        observe(self.availability.as_deref(), outcome)
     }
 }
 
@@ -611,20 +766,26 @@ impl AsyncConnectionCore for DbConnection {
                 .then_some(&mut self.statements),
             &types,
         );
+        let (limit, availability) = (self.statement_timeout, self.availability.as_deref());
         async move {
-            let rows = match planned? {
-                Plan::Unnamed { sql, params } => client.query_typed_raw(&sql, params).await,
-                Plan::Prepared { statement, params } => {
-                    let statement = match statement {
-                        Ok(statement) => statement,
-                        Err(preparing) => preparing.prepare(client, &broken).await?,
-                    };
-                    let params = params.into_iter().map(|(bind, _)| bind);
-                    client.query_raw(&statement, params).await
+            let broken = &*broken;
+            let outcome = bounded(limit, broken, async {
+                let rows = match planned? {
+                    Plan::Unnamed { sql, params } => client.query_typed_raw(&sql, params).await,
+                    Plan::Prepared { statement, params } => {
+                        let statement = match statement {
+                            Ok(statement) => statement,
+                            Err(preparing) => preparing.prepare(client, broken).await?,
+                        };
+                        let params = params.into_iter().map(|(bind, _)| bind);
+                        client.query_raw(&statement, params).await
+                    }
                 }
-            }
-            .map_err(|e| from_tokio_postgres(e, &broken))?;
-            to_the_end(rows, &broken).await
+                .map_err(|e| from_tokio_postgres(e, broken))?;
+                to_the_end(rows, broken).await
+            })
+            .await;
+            observe(availability, outcome)
         }
         .boxed()
     }
@@ -644,27 +805,33 @@ impl AsyncConnectionCore for DbConnection {
                 .then_some(&mut self.statements),
             &types,
         );
+        let (limit, availability) = (self.statement_timeout, self.availability.as_deref());
         async move {
-            // tokio-postgres returns the count only once `ReadyForQuery` has arrived.
-            let count = match planned? {
-                Plan::Unnamed { sql, params } => {
-                    let params: Vec<(&(dyn ToSql + Sync), Type)> = params
-                        .iter()
-                        .map(|(bind, ty)| (bind as &(dyn ToSql + Sync), ty.clone()))
-                        .collect();
-                    client.execute_typed(&sql, &params).await
+            let broken = &*broken;
+            let outcome = bounded(limit, broken, async {
+                // tokio-postgres returns the count only once `ReadyForQuery` has arrived.
+                let count = match planned? {
+                    Plan::Unnamed { sql, params } => {
+                        let params: Vec<(&(dyn ToSql + Sync), Type)> = params
+                            .iter()
+                            .map(|(bind, ty)| (bind as &(dyn ToSql + Sync), ty.clone()))
+                            .collect();
+                        client.execute_typed(&sql, &params).await
+                    }
+                    Plan::Prepared { statement, params } => {
+                        let statement = match statement {
+                            Ok(statement) => statement,
+                            Err(preparing) => preparing.prepare(client, broken).await?,
+                        };
+                        let params = params.iter().map(|(bind, _)| bind);
+                        client.execute_raw(&statement, params).await
+                    }
                 }
-                Plan::Prepared { statement, params } => {
-                    let statement = match statement {
-                        Ok(statement) => statement,
-                        Err(preparing) => preparing.prepare(client, &broken).await?,
-                    };
-                    let params = params.iter().map(|(bind, _)| bind);
-                    client.execute_raw(&statement, params).await
-                }
-            }
-            .map_err(|e| from_tokio_postgres(e, &broken))?;
-            usize::try_from(count).map_err(|e| Error::DeserializationError(Box::new(e)))
+                .map_err(|e| from_tokio_postgres(e, broken))?;
+                usize::try_from(count).map_err(|e| Error::DeserializationError(Box::new(e)))
+            })
+            .await;
+            observe(availability, outcome)
         }
         .boxed()
     }
@@ -702,6 +869,12 @@ impl PoolableConnection for DbConnection {
     fn is_broken(&mut self) -> bool {
         if self.broken.load(Ordering::SeqCst) || self.client.is_closed() {
             return true;
+        }
+        if let Some(availability) = &self.availability {
+            if availability.outages() != self.opened_after {
+                // Opened before the latest outage: see `Availability::outages`.
+                return true;
+            }
         }
         AnsiTransactionManager::is_broken_transaction_manager(self)
     }

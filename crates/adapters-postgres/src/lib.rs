@@ -6,6 +6,7 @@
 //! it: failures are translated into the application's error enums.
 
 mod audit;
+mod availability;
 mod connection;
 mod error;
 mod gate;
@@ -29,7 +30,8 @@ mod users;
 pub use audit::{
     AuditError, Invariant, InvariantCheck, LedgerAudit, Violation, EXAMPLES_PER_INVARIANT,
 };
-pub use connection::{DbConnection, StatementMode};
+pub use availability::Availability;
+pub use connection::{ConnectOptions, DbConnection, StatementMode};
 pub use gate::PgClusterGate;
 pub use listener::{
     listen_for_notifications, Wakes, ANNOUNCE_INTERVAL, GATE_CHANNEL, QUEUE_CHANNEL,

@@ -78,8 +78,15 @@ impl PgStore {
                 .await
                 .map_err(crate::error::from_diesel)
             };
-            if let Err(error) = sent.await {
-                tracing::warn!(%error, "could not announce queued orders; other instances will poll");
+            match sent.await {
+                // The outage is reported once, by the pool's connections.
+                Err(error @ application::RepositoryError::Unavailable(_)) => {
+                    tracing::debug!(%error, "could not announce queued orders; other instances will poll");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not announce queued orders; other instances will poll");
+                }
+                Ok(_) => {}
             }
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -105,6 +112,7 @@ pub struct Wakes {
 pub async fn listen_for_notifications(url: String, wakes: Wakes, stop: CancellationToken) {
     let mut pause = Duration::from_millis(100);
     loop {
+        let listening = std::sync::atomic::AtomicBool::new(false);
         let session = async {
             let mut conn = AsyncPgConnection::establish(&url).await?;
             for channel in [QUEUE_CHANNEL, GATE_CHANNEL] {
@@ -113,6 +121,7 @@ pub async fn listen_for_notifications(url: String, wakes: Wakes, stop: Cancellat
                     .await?;
             }
             tracing::debug!("listening for queued orders and gate changes");
+            listening.store(true, std::sync::atomic::Ordering::Relaxed);
             wakes.queue.notify_one();
             wakes.gate.notify_one();
             let mut notifications = std::pin::pin!(conn.notifications_stream());
@@ -128,8 +137,20 @@ pub async fn listen_for_notifications(url: String, wakes: Wakes, stop: Cancellat
         tokio::select! {
             () = stop.cancelled() => return,
             result = session => {
-                if let Err(error) = result {
-                    tracing::warn!(error = %error, "lost the notification connection; polling meanwhile");
+                // Once per loss: while the database stays out of reach, the attempts to listen
+                // again fail quietly (the pool's connections report the outage).
+                let lost = std::sync::atomic::AtomicBool::load(&listening, std::sync::atomic::Ordering::Relaxed);
+                match result {
+                    Err(error) if lost => {
+                        tracing::warn!(error = %error, "lost the notification connection; polling meanwhile");
+                    }
+                    Err(error) => {
+                        tracing::debug!(error = %error, "could not listen for notifications yet; polling meanwhile");
+                    }
+                    Ok(()) => {}
+                }
+                if lost {
+                    pause = Duration::from_millis(100);
                 }
             }
         }

@@ -10,7 +10,8 @@ use diesel_async::pooled_connection::{
 use futures::FutureExt;
 
 use crate::{
-    connection::{DbConnection, StatementMode},
+    availability::Availability,
+    connection::{ConnectOptions, DbConnection, StatementMode},
     error::from_pool,
     listener::QueueSignal,
 };
@@ -27,8 +28,11 @@ pub struct PgPoolConfig {
     pub max_size: usize,
     /// Longest wait for a free connection before a request fails as unavailable.
     pub wait_timeout: Duration,
-    /// Longest wait to open a new connection.
+    /// Longest wait to open a new connection (shared between the URI's hosts).
     pub connect_timeout: Duration,
+    /// Longest wait for one statement's answer; `None`: no limit. See
+    /// [`ConnectOptions::statement_timeout`].
+    pub statement_timeout: Option<Duration>,
     /// Named prepared statements (the default), or unnamed ones for a transaction pooler.
     pub statements: StatementMode,
     /// The runtime that opens every connection and so drives its I/O, whichever task borrows
@@ -40,18 +44,25 @@ pub struct PgPoolConfig {
     /// stalls the requests of every other worker that borrow one of them. Give the service's
     /// main runtime here, so that HTTP workers only wait on their own thread.
     pub driver: Option<tokio::runtime::Handle>,
+    /// Where the pool's connections report whether the database answers; give the same to
+    /// [`PgStore::with_availability`].
+    pub availability: Arc<Availability>,
 }
 
 impl PgPoolConfig {
-    /// Defaults suited to a small machine: 16 connections, waits of 5 seconds, connections
-    /// driven by whichever runtime opens them.
+    /// Defaults suited to a small machine: 16 connections, waits of 5 seconds (for a
+    /// connection, to open one, for a statement), connections driven by whichever runtime
+    /// opens them.
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
         Self {
-            url: url.into(),
+            availability: Arc::new(Availability::new(&url)),
+            url,
             max_size: 16,
             wait_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(5)),
             statements: StatementMode::Prepared,
             driver: None,
         }
@@ -71,12 +82,18 @@ impl PgPoolConfig {
         let mut manager_config = ManagerConfig::default();
         manager_config.recycling_method = RecyclingMethod::Fast;
         let mode = self.statements;
+        let options = ConnectOptions {
+            connect_timeout: Some(self.connect_timeout),
+            statement_timeout: self.statement_timeout,
+            availability: Some(self.availability.clone()),
+        };
         let driver = self.driver.clone();
         manager_config.custom_setup = Box::new(move |url| match &driver {
-            None => DbConnection::open(url, mode).boxed(),
+            None => DbConnection::open_with(url, mode, options.clone()).boxed(),
             Some(runtime) => {
-                let url = url.to_owned();
-                let opening = runtime.spawn(async move { DbConnection::open(&url, mode).await });
+                let (url, options) = (url.to_owned(), options.clone());
+                let opening = runtime
+                    .spawn(async move { DbConnection::open_with(&url, mode, options).await });
                 async move {
                     opening.await.map_err(|e| {
                         diesel::ConnectionError::BadConnection(format!("opening a connection: {e}"))
@@ -114,6 +131,7 @@ pub struct PoolStatus {
 pub struct PgStore {
     pool: PgPool,
     pub(crate) signal: Arc<QueueSignal>,
+    availability: Arc<Availability>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -128,15 +146,51 @@ impl PgStore {
     /// A store over a pool.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
+        Self::with_availability(pool, Arc::new(Availability::new("")))
+    }
+
+    /// A store over a pool whose connections report to `availability` (the pool's
+    /// [`PgPoolConfig::availability`]): refused requests are counted in the outage it tells
+    /// of, and [`PgStore::primary`] names the server.
+    #[must_use]
+    pub fn with_availability(pool: PgPool, availability: Arc<Availability>) -> Self {
         Self {
             pool,
             signal: Arc::new(QueueSignal::default()),
+            availability,
         }
+    }
+
+    /// The database server the last connection opened reached (`address:port`): with several
+    /// hosts in the URI and `target_session_attrs=read-write`, the primary.
+    #[must_use]
+    pub fn primary(&self) -> Option<String> {
+        self.availability.primary()
+    }
+
+    /// Whether the database answers, as far as the pool's last connections and statements
+    /// tell (see [`Availability`]).
+    #[must_use]
+    pub fn database_reachable(&self) -> bool {
+        !self.availability.is_down()
     }
 
     /// A pooled connection, or [`RepositoryError::Unavailable`] when none comes in time.
     pub(crate) async fn conn(&self) -> Result<Object<DbConnection>, RepositoryError> {
-        self.pool.get().await.map_err(from_pool)
+        use deadpool::managed::TimeoutType;
+        use diesel_async::pooled_connection::deadpool::PoolError;
+        self.pool.get().await.map_err(|error| {
+            match &error {
+                // A connection that could not be opened has told the availability why.
+                PoolError::Backend(_) => {}
+                // Opening one took too long: the server does not answer.
+                PoolError::Timeout(TimeoutType::Create) => self
+                    .availability
+                    .unreachable("no connection could be opened in time"),
+                _ => self.availability.refused(),
+            }
+            from_pool(error)
+        })
     }
 
     /// Whether the database answers a trivial query.

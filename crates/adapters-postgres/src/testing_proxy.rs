@@ -20,6 +20,9 @@ pub enum Cut {
     /// Each stays open until its client next sends something, and is then closed without
     /// passing it on: a connection that died while idle, found out by the next statement.
     OnNextRequest,
+    /// Nothing is closed and nothing passes any more, either way; new connections are
+    /// accepted and never answered: a server behind a network partition (no FIN, no RST).
+    Silent,
 }
 
 /// Forwards connections to a PostgreSQL server until told to fail them.
@@ -27,6 +30,7 @@ pub enum Cut {
 pub struct OutageProxy {
     url: String,
     down: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
     accepting: JoinHandle<()>,
 }
@@ -50,11 +54,21 @@ impl OutageProxy {
         url.set_host(Some("127.0.0.1")).expect("a host");
         url.set_port(Some(port)).expect("a port");
         let down = Arc::new(AtomicBool::new(false));
+        let silent = Arc::new(AtomicBool::new(false));
         let (cut, _) = watch::channel(0u64);
-        let accepting = tokio::spawn(accept(listener, target, down.clone(), cut.clone()));
+        let accepting = tokio::spawn(accept(
+            listener,
+            target,
+            Lines {
+                down: down.clone(),
+                silent: silent.clone(),
+            },
+            cut.clone(),
+        ));
         Self {
             url: url.to_string(),
             down,
+            silent,
             cut,
             accepting,
         }
@@ -66,17 +80,25 @@ impl OutageProxy {
         &self.url
     }
 
-    /// From now on new connections are refused, and the open ones fail as `cut` says.
+    /// From now on new connections are refused (or, [`Cut::Silent`], never answered), and the
+    /// open ones fail as `cut` says.
     pub fn outage(&self, cut: Cut) {
-        self.down.store(true, Ordering::SeqCst);
+        match cut {
+            Cut::Silent => self.silent.store(true, Ordering::SeqCst),
+            Cut::AtOnce | Cut::OnNextRequest => self.down.store(true, Ordering::SeqCst),
+        }
         if cut == Cut::AtOnce {
             self.cut.send_modify(|n| *n += 1);
         }
     }
 
-    /// New connections are forwarded again.
+    /// New connections are forwarded again; those held silent are closed.
     pub fn restore(&self) {
+        let was_silent = self.silent.swap(false, Ordering::SeqCst);
         self.down.store(false, Ordering::SeqCst);
+        if was_silent {
+            self.cut.send_modify(|n| *n += 1);
+        }
     }
 }
 
@@ -87,31 +109,42 @@ impl Drop for OutageProxy {
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    target: String,
+/// The proxy's state, as every connection sees it.
+#[derive(Clone)]
+struct Lines {
     down: Arc<AtomicBool>,
-    cut: watch::Sender<u64>,
-) {
+    silent: Arc<AtomicBool>,
+}
+
+async fn accept(listener: TcpListener, target: String, lines: Lines, cut: watch::Sender<u64>) {
     while let Ok((client, _)) = listener.accept().await {
-        if down.load(Ordering::SeqCst) {
+        if lines.down.load(Ordering::SeqCst) {
+            continue;
+        }
+        if lines.silent.load(Ordering::SeqCst) {
+            tokio::spawn(hold(client, cut.subscribe()));
             continue;
         }
         tokio::spawn(forward(
             client,
             target.clone(),
-            down.clone(),
+            lines.clone(),
             cut.subscribe(),
         ));
     }
 }
 
-async fn forward(
-    client: TcpStream,
-    target: String,
-    down: Arc<AtomicBool>,
-    mut cut: watch::Receiver<u64>,
-) {
+/// Keeps a connection open and unanswered, reading what comes, until the next cut.
+async fn hold(mut client: TcpStream, mut cut: watch::Receiver<u64>) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    let swallow = async { while client.read(&mut buffer).await.is_ok_and(|read| read > 0) {} };
+    tokio::select! {
+        () = swallow => {}
+        _ = cut.changed() => {}
+    }
+}
+
+async fn forward(client: TcpStream, target: String, lines: Lines, mut cut: watch::Receiver<u64>) {
     let Ok(server) = TcpStream::connect(&target).await else {
         return;
     };
@@ -121,13 +154,26 @@ async fn forward(
         let mut buffer = vec![0u8; 16 * 1024];
         loop {
             let read = client_reads.read(&mut buffer).await?;
-            if read == 0 || down.load(Ordering::SeqCst) {
+            if read == 0 || lines.down.load(Ordering::SeqCst) {
                 return Ok::<_, std::io::Error>(());
             }
-            server_writes.write_all(&buffer[..read]).await?;
+            if !lines.silent.load(Ordering::SeqCst) {
+                server_writes.write_all(&buffer[..read]).await?;
+            }
         }
     };
-    let answers = tokio::io::copy(&mut server_reads, &mut client_writes);
+    let answers = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = server_reads.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            if !lines.silent.load(Ordering::SeqCst) {
+                client_writes.write_all(&buffer[..read]).await?;
+            }
+        }
+    };
     // Whichever ends first, both sockets are closed when the halves are dropped.
     tokio::select! {
         _ = requests => {}

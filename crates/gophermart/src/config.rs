@@ -115,6 +115,13 @@ pub struct Config {
     #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 5_000)]
     pub database_timeout_ms: u64,
 
+    /// Longest wait for one statement's answer, in milliseconds (0: no limit). Past it the
+    /// request answers 503 (for a write: outcome unknown, repeat it) and the connection is
+    /// dropped, so a database server that goes silent (a network partition) holds a request
+    /// for at most DATABASE_TIMEOUT_MS + this.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub database_statement_timeout_ms: u64,
+
     /// HTTP worker threads; 0 means one per core.
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,

@@ -101,11 +101,16 @@ impl Application {
         pool.max_size = config.database_pool_size;
         pool.wait_timeout = Duration::from_millis(config.database_timeout_ms);
         pool.connect_timeout = Duration::from_millis(config.database_timeout_ms);
+        pool.statement_timeout = (config.database_statement_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.database_statement_timeout_ms));
         pool.statements = statements;
         // Connections are opened, and their I/O driven, on this (the main) runtime, not on
         // the HTTP worker that first needs one: see `PgPoolConfig::driver`.
         pool.driver = Some(tokio::runtime::Handle::current());
-        let store = PgStore::new(pool.build().context("building the database pool")?);
+        let store = PgStore::with_availability(
+            pool.build().context("building the database pool")?,
+            pool.availability.clone(),
+        );
 
         let secret = config.jwt_secret.clone().unwrap_or_else(|| {
             tracing::warn!("JWT_SECRET is not set: using a random secret; sessions end with this process and are not shared between instances");

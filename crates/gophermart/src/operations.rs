@@ -55,6 +55,8 @@ pub struct PgServiceStatus {
     pool_size: IntGauge,
     pool_available: IntGauge,
     pool_waiting: IntGauge,
+    server: IntGaugeVec,
+    reachable: IntGauge,
     queue: IntGaugeVec,
     queue_leased: IntGauge,
     queue_read_errors: IntCounter,
@@ -106,6 +108,20 @@ impl PgServiceStatus {
             pool_waiting: gauge(
                 "db_pool_waiting",
                 "Requests waiting for a database connection now.",
+            )?,
+            server: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "db_server",
+                        "The database server the last connection opened reached (server=address:port; with several hosts and target_session_attrs=read-write, the primary); always 1.",
+                    ),
+                    &["server"],
+                )?,
+            )?,
+            reachable: gauge(
+                "db_reachable",
+                "1 while the database answers, 0 from the first failure of an outage until it answers again.",
             )?,
             queue: registered(
                 registry,
@@ -184,6 +200,14 @@ impl PgServiceStatus {
         set(&self.pool_size, pool.size);
         set(&self.pool_available, pool.available);
         set(&self.pool_waiting, pool.waiting);
+        self.reachable
+            .set(i64::from(self.store.database_reachable()));
+        if let Some(server) = self.store.primary() {
+            if self.server.with_label_values(&[server.as_str()]).get() != 1 {
+                self.server.reset();
+                self.server.with_label_values(&[server.as_str()]).set(1);
+            }
+        }
     }
 
     async fn refresh_queue(&self) {
@@ -240,6 +264,7 @@ impl ServiceStatus for PgServiceStatus {
         Some(DatabaseModes {
             statements: self.modes.statements.as_str(),
             wakeups: self.modes.wakeups(),
+            server: self.store.primary(),
         })
     }
 

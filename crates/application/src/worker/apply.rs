@@ -129,13 +129,19 @@ pub(super) async fn apply_outcomes(
                 }
             }
             Err(error) => {
-                tracing::warn!(orders = finals.len(), error = %error, "could not record accrual answers");
+                super::storage_failed(
+                    &format!("could not record {} accrual answers", finals.len()),
+                    &error,
+                );
             }
         }
     }
     if !retries.is_empty() {
         if let Err(error) = queue.retry_many(&retries).await {
-            tracing::warn!(orders = retries.len(), error = %error, "could not put entries back");
+            super::storage_failed(
+                &format!("could not put {} entries back", retries.len()),
+                &error,
+            );
         }
     }
 }

@@ -194,7 +194,10 @@ impl RateGate {
         {
             Ok(shared) => self.adopt(shared),
             Err(error) => {
-                tracing::warn!(%error, "could not share the accrual pause; pausing this instance only");
+                super::storage_failed(
+                    "could not share the accrual pause; pausing this instance only",
+                    &error,
+                );
             }
         }
     }
@@ -315,7 +318,10 @@ impl RateGate {
                 Err(until)
             }
             Err(error) => {
-                tracing::warn!(%error, "could not take a shared accrual slot; pacing this instance alone");
+                super::storage_failed(
+                    "could not take a shared accrual slot; pacing this instance alone",
+                    &error,
+                );
                 drop(turn);
                 self.try_acquire()
             }

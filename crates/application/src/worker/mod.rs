@@ -295,7 +295,7 @@ impl AccrualWorker {
         {
             Ok(entries) => entries,
             Err(error) => {
-                tracing::warn!(error = %error, "could not claim queued orders");
+                storage_failed("could not claim queued orders", &error);
                 return Vec::new();
             }
         };
@@ -333,7 +333,7 @@ impl AccrualWorker {
             Ok(Some(due)) if due <= self.clock.now() => {}
             Ok(_) => return Turn::NothingDue,
             Err(error) => {
-                tracing::warn!(error = %error, "could not read the queue");
+                storage_failed("could not read the queue", &error);
                 return Turn::NothingDue;
             }
         }
@@ -473,6 +473,17 @@ impl AccrualWorker {
                 retry(delay, RetryReason::Failed(error.to_string()))
             }
         }
+    }
+}
+
+/// Logs a failure of the worker's storage: a warning, unless the database is merely out of
+/// reach, which the storage adapter reports once per outage (its beginning and its end); then
+/// at debug level, so that an outage does not write a line per step of the worker.
+pub(crate) fn storage_failed(what: &str, error: &crate::RepositoryError) {
+    if matches!(error, crate::RepositoryError::Unavailable(_)) {
+        tracing::debug!(%error, "{what}");
+    } else {
+        tracing::warn!(%error, "{what}");
     }
 }
 

@@ -36,6 +36,26 @@ impl Instance {
 
     /// Starts an instance on a database given by URI.
     pub fn start_at(database_url: &str, accrual: &str, extra: &[&str]) -> Self {
+        Self::spawn(database_url, accrual, extra, None)
+    }
+
+    /// Starts an instance on a database given by URI that logs at INFO and above (plain
+    /// text) into the file `log`.
+    pub fn start_logging(
+        database_url: &str,
+        accrual: &str,
+        extra: &[&str],
+        log: &std::path::Path,
+    ) -> Self {
+        Self::spawn(database_url, accrual, extra, Some(log))
+    }
+
+    fn spawn(
+        database_url: &str,
+        accrual: &str,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let (database_url, pooled) =
             adapters_postgres::testing_pooler::through_pooler(database_url);
         let database_url = database_url.as_str();
@@ -75,10 +95,17 @@ impl Instance {
             .args(extra)
             .env(
                 "RUST_LOG",
-                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "error".into()),
+                match log {
+                    Some(_) => "info".into(),
+                    None => std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "error".into()),
+                },
             )
+            .env_remove("LOG_FORMAT")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("gophermart starts");
         Self {
