@@ -742,6 +742,45 @@ impl SimpleAsyncConnection for DbConnection {
     }
 }
 
+/// What sending one statement needs of its connection; see [`DbConnection::sending`].
+struct Sending<'c> {
+    client: &'c tokio_postgres::Client,
+    broken: &'c AtomicBool,
+    limit: Option<Duration>,
+    availability: Option<&'c Availability>,
+    planned: QueryResult<Plan<'c>>,
+}
+
+impl DbConnection {
+    /// How `query` is to be sent on this connection, and what to send it with.
+    fn sending<Q>(&mut self, query: &Q) -> Sending<'_>
+    where
+        Q: QueryFragment<Pg> + QueryId,
+    {
+        let keep = (self.mode == StatementMode::Prepared && self.keep_statements)
+            .then_some(&mut self.statements);
+        Sending {
+            planned: plan(query, keep, &self.types),
+            client: &self.client,
+            broken: &self.broken,
+            limit: self.statement_timeout,
+            availability: self.availability.as_deref(),
+        }
+    }
+}
+
+/// The statement kept on the connection, prepared (and kept) first when it is new.
+async fn prepared(
+    statement: Result<Statement, Preparing<'_>>,
+    client: &tokio_postgres::Client,
+    broken: &AtomicBool,
+) -> QueryResult<Statement> {
+    match statement {
+        Ok(statement) => Ok(statement),
+        Err(preparing) => preparing.prepare(client, broken).await,
+    }
+}
+
 impl AsyncConnectionCore for DbConnection {
     type ExecuteFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<usize>>;
     type LoadFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<Self::Stream<'conn, 'query>>>;
@@ -757,26 +796,19 @@ impl AsyncConnectionCore for DbConnection {
         T: AsQuery + 'query,
         T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
     {
-        let query = source.as_query();
-        let types = self.types.clone();
-        let (client, broken) = (&self.client, self.broken.clone());
-        let planned = plan(
-            &query,
-            (self.mode == StatementMode::Prepared && self.keep_statements)
-                .then_some(&mut self.statements),
-            &types,
-        );
-        let (limit, availability) = (self.statement_timeout, self.availability.as_deref());
+        let Sending {
+            client,
+            broken,
+            limit,
+            availability,
+            planned,
+        } = self.sending(&source.as_query());
         async move {
-            let broken = &*broken;
             let outcome = bounded(limit, broken, async {
                 let rows = match planned? {
                     Plan::Unnamed { sql, params } => client.query_typed_raw(&sql, params).await,
                     Plan::Prepared { statement, params } => {
-                        let statement = match statement {
-                            Ok(statement) => statement,
-                            Err(preparing) => preparing.prepare(client, broken).await?,
-                        };
+                        let statement = prepared(statement, client, broken).await?;
                         let params = params.into_iter().map(|(bind, _)| bind);
                         client.query_raw(&statement, params).await
                     }
@@ -797,17 +829,14 @@ impl AsyncConnectionCore for DbConnection {
     where
         T: QueryFragment<Self::Backend> + QueryId + 'query,
     {
-        let types = self.types.clone();
-        let (client, broken) = (&self.client, self.broken.clone());
-        let planned = plan(
-            &source,
-            (self.mode == StatementMode::Prepared && self.keep_statements)
-                .then_some(&mut self.statements),
-            &types,
-        );
-        let (limit, availability) = (self.statement_timeout, self.availability.as_deref());
+        let Sending {
+            client,
+            broken,
+            limit,
+            availability,
+            planned,
+        } = self.sending(&source);
         async move {
-            let broken = &*broken;
             let outcome = bounded(limit, broken, async {
                 // tokio-postgres returns the count only once `ReadyForQuery` has arrived.
                 let count = match planned? {
@@ -819,10 +848,7 @@ impl AsyncConnectionCore for DbConnection {
                         client.execute_typed(&sql, &params).await
                     }
                     Plan::Prepared { statement, params } => {
-                        let statement = match statement {
-                            Ok(statement) => statement,
-                            Err(preparing) => preparing.prepare(client, broken).await?,
-                        };
+                        let statement = prepared(statement, client, broken).await?;
                         let params = params.iter().map(|(bind, _)| bind);
                         client.execute_raw(&statement, params).await
                     }

@@ -16,14 +16,20 @@ use adapters_postgres::{
 
 use support::{balance, register, upload, Instance};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_service_answers_503_during_a_database_outage_and_recovers_after_it() {
+/// A fresh database, a proxy in front of it, and a client that waits at most 30 s.
+async fn behind_a_proxy() -> (TestDatabase, OutageProxy, reqwest::Client) {
     let db = TestDatabase::create().await;
     let proxy = OutageProxy::start(db.url()).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
+    (db, proxy, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_service_answers_503_during_a_database_outage_and_recovers_after_it() {
+    let (_db, proxy, client) = behind_a_proxy().await;
     let mut instance = Instance::start_at(
         proxy.url(),
         "http://127.0.0.1:9",
@@ -114,12 +120,7 @@ async fn the_service_answers_503_during_a_database_outage_and_recovers_after_it(
 /// per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_database_server_holds_no_request_beyond_the_bound() {
-    let db = TestDatabase::create().await;
-    let proxy = OutageProxy::start(db.url()).await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let (_db, proxy, client) = behind_a_proxy().await;
     let log = std::env::temp_dir().join(format!("gophermart-silent-{}.log", std::process::id()));
     let _remove = RemoveOnDrop(log.clone());
     eprintln!("log: {}", log.display());
