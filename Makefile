@@ -13,6 +13,7 @@ help:
 	@echo "make fmt    - format the code"
 	@echo "make test-browser - the Swagger UI page in headless Chromium (installs it when root)"
 	@echo "make chaos  - three instances, accrual faults and SIGKILLs for CHAOS_SECONDS (180), then the ledger audit"
+	@echo "make switchover-experiment - planned switchovers under pg_auto_failover while customers write (release build)"
 
 build:
 	$(CARGO) build --release --bins
