@@ -44,3 +44,18 @@ def call(method, url, body=None, token=None, content_type="application/json"):
         return error.code, error.headers, error.read()
     except OSError as error:
         return 0, {}, str(error).encode()
+
+
+def start_accrual(bin_dir):
+    """Our accrual system from `bin_dir` on a free port, silent: (process, its base URL)."""
+    import os
+    import subprocess
+
+    port = free_port()
+    process = subprocess.Popen(
+        [f"{bin_dir}/accrual"],
+        env={**os.environ, "RUN_ADDRESS": f"127.0.0.1:{port}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return process, f"http://127.0.0.1:{port}"

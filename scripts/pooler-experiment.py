@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 
-from experiments import call, free_port, luhn
+from experiments import call, free_port, luhn, start_accrual
 
 BIN = os.environ.get("BIN", "target/release")
 CUSTOMERS = 12
@@ -43,19 +43,14 @@ def wait_ready(base, deadline=30):
 
 def main():
     prepared = os.environ.get("PREPARED", "false")
-    accrual_port, port = free_port(), free_port()
-    accrual = subprocess.Popen(
-        [f"{BIN}/accrual"],
-        env={**os.environ, "RUN_ADDRESS": f"127.0.0.1:{accrual_port}"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    accrual, accrual_base = start_accrual(BIN)
+    port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="gophermart-pooler-", suffix=".log", delete=False)
     env = {
         **os.environ,
         "RUN_ADDRESS": f"127.0.0.1:{port}",
         "DATABASE_URI": os.environ["DATABASE_POOLER_URI"],
-        "ACCRUAL_SYSTEM_ADDRESS": f"http://127.0.0.1:{accrual_port}",
+        "ACCRUAL_SYSTEM_ADDRESS": accrual_base,
         "DATABASE_PREPARED_STATEMENTS": prepared,
         "JWT_SECRET": "pooler-experiment",
         "BCRYPT_COST": "4",

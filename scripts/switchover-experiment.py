@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 
-from experiments import call, free_port, luhn
+from experiments import call, free_port, luhn, start_accrual
 
 BIN = os.environ.get("BIN", "target/release")
 CUSTOMERS = 8
@@ -140,18 +140,13 @@ def warnings(log_path, start):
 
 
 def main():
-    accrual_port, port = free_port(), free_port()
-    accrual = subprocess.Popen(
-        [f"{BIN}/accrual"],
-        env={**os.environ, "RUN_ADDRESS": f"127.0.0.1:{accrual_port}"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    accrual, accrual_base = start_accrual(BIN)
+    port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="gophermart-switchover-", suffix=".log", delete=False)
     env = {
         **os.environ,
         "RUN_ADDRESS": f"127.0.0.1:{port}",
-        "ACCRUAL_SYSTEM_ADDRESS": f"http://127.0.0.1:{accrual_port}",
+        "ACCRUAL_SYSTEM_ADDRESS": accrual_base,
         "JWT_SECRET": "switchover-experiment",
         "BCRYPT_COST": "4",
     }
@@ -172,7 +167,6 @@ def main():
             assert status == 200, status
             tokens.append((headers.get("Authorization") or "").removeprefix("Bearer "))
         # Points to spend, credited the real way: a purchase the accrual system knows of.
-        accrual_base = f"http://127.0.0.1:{accrual_port}"
         call("POST", accrual_base + "/api/goods", {"match": "Funding", "reward": 100000, "reward_type": "pt"})
         for c, token in enumerate(tokens):
             number = luhn(str(6_000_000 + c))
