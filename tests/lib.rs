@@ -61,7 +61,60 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 /// # Panics
 /// When the service cannot start; this is test code.
 pub async fn spawn_app_on(db: TestDatabase, options: Options) -> TestApp {
-    let (database_url, pooled) = adapters_postgres::testing_pooler::through_pooler(db.url());
+    let Instance {
+        address,
+        client,
+        stop,
+        task,
+    } = spawn_instance(db.url(), options).await;
+    TestApp {
+        address,
+        client,
+        db,
+        stop,
+        task,
+    }
+}
+
+/// One more running service, on a database another test service owns (several instances of
+/// one deployment).
+#[derive(Debug)]
+pub struct Instance {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    pub client: Client,
+    stop: StopHandle,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Instance {
+    /// `POST /api/user/login` with a JSON body, with `headers` added.
+    pub async fn login(&self, login: &str, password: &str, headers: &[(&str, &str)]) -> Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api/user/login", self.address))
+            .json(&serde_json::json!({"login": login, "password": password}));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Stops the service gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        self.stop.stop().await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the service on the database at `database_url`.
+///
+/// # Panics
+/// When the service cannot start; this is test code.
+pub async fn spawn_instance(database_url: &str, options: Options) -> Instance {
+    let (database_url, pooled) = adapters_postgres::testing_pooler::through_pooler(database_url);
     let mut args: Vec<String> = [
         "gophermart",
         "-a",
@@ -97,14 +150,13 @@ pub async fn spawn_app_on(db: TestDatabase, options: Options) -> TestApp {
     let task = tokio::spawn(async move {
         app.run_until_stopped().await.expect("the service runs");
     });
-    TestApp {
+    Instance {
         address,
         client: Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client"),
-        db,
         stop,
         task: Some(task),
     }

@@ -1,5 +1,6 @@
 //! Black-box tests of the HTTP API: the real service on port 0, a fresh database per test.
 
+mod abuse;
 mod accounts;
 mod attacks;
 mod auth;

@@ -3,21 +3,31 @@
 
 use std::future::{ready, Ready};
 
+use futures::future::{Either, LocalBoxFuture};
+
 use actix_web::{
     cookie::{time::Duration as CookieDuration, Cookie, SameSite},
     dev::Payload,
     http::{header, StatusCode},
-    web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError,
+    web, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError,
 };
-use application::ports::security::{Token, TokenError};
+use application::{
+    ports::security::{Token, TokenError},
+    use_cases::Refusal,
+};
 use domain::UserId;
 
-use crate::{problem::problem, AppState};
+use crate::{
+    limits::{insert_fields, Refused},
+    problem::problem,
+    AppState,
+};
 
 /// The session cookie's name.
 pub const TOKEN_COOKIE: &str = "token";
 
-/// The signed-in user of a request; extracting it answers 401 when there is none.
+/// The signed-in user of a request; extracting it answers 401 when there is none, and 429
+/// when the customer is over their request limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthenticatedUser(pub UserId);
 
@@ -30,15 +40,39 @@ pub enum AuthError {
     Invalid,
     #[error("the token has expired; sign in again")]
     Expired,
+    #[error("too many requests: {} per {} s allowed; try again in {} s", .0.allowance.quota, .0.allowance.window_seconds, retry_seconds(.0))]
+    TooManyRequests(Refusal),
+}
+
+/// How long a refusal by the request limit is held before it goes out. Refusing costs a few
+/// microseconds, and a client that ignores `Retry-After` would otherwise be refused as fast as
+/// the cores allow, taking them from every other customer; held, each of its connections is
+/// refused at most four times a second, at no CPU cost while it waits.
+pub const HELD_REFUSAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whole seconds to wait, at least one.
+fn retry_seconds(refusal: &Refusal) -> u64 {
+    let wait = refusal.retry_after;
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl ResponseError for AuthError {
     fn status_code(&self) -> StatusCode {
-        StatusCode::UNAUTHORIZED
+        match self {
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Missing | Self::Invalid | Self::Expired => StatusCode::UNAUTHORIZED,
+        }
     }
 
     fn error_response(&self) -> HttpResponse {
-        problem(self.status_code(), self.to_string())
+        let mut response = problem(self.status_code(), self.to_string());
+        if let Self::TooManyRequests(refusal) = self {
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, retry_seconds(refusal).into());
+            insert_fields(headers, &refusal.allowance);
+            response.extensions_mut().insert(Refused::RequestLimit);
+        }
+        response
     }
 }
 
@@ -62,12 +96,17 @@ fn token_from(req: &HttpRequest) -> Option<String> {
 
 impl FromRequest for AuthenticatedUser {
     type Error = AuthError;
-    type Future = Ready<Result<Self, Self::Error>>;
+    /// Ready at once, but for a refusal by the request limit, which is held (see
+    /// [`HELD_REFUSAL`]).
+    type Future = Either<
+        Ready<Result<Self, Self::Error>>,
+        LocalBoxFuture<'static, Result<Self, Self::Error>>,
+    >;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
             tracing::error!("application state missing");
-            return ready(Err(AuthError::Invalid));
+            return Either::Left(ready(Err(AuthError::Invalid)));
         };
         let result = match token_from(req) {
             None => Err(AuthError::Missing),
@@ -76,10 +115,21 @@ impl FromRequest for AuthenticatedUser {
                 TokenError::Expired => AuthError::Expired,
             }),
         };
-        if let Ok(Self(user)) = &result {
+        let result = result.and_then(|Self(user)| {
             tracing::Span::current().record("user_id", user.0);
+            if let Some(limit) = &state.request_limit {
+                let allowance = limit.check(user).map_err(AuthError::TooManyRequests)?;
+                req.extensions_mut().insert(allowance);
+            }
+            Ok(Self(user))
+        });
+        match result {
+            Err(refused @ AuthError::TooManyRequests(_)) => Either::Right(Box::pin(async move {
+                actix_web::rt::time::sleep(HELD_REFUSAL).await;
+                Err(refused)
+            })),
+            result => Either::Left(ready(result)),
         }
-        ready(result)
     }
 }
 

@@ -4,6 +4,8 @@
 //! description generated from the handlers. HTTP status codes exist only in this crate.
 
 mod auth;
+pub mod client_address;
+mod limits;
 mod metrics;
 pub mod openapi;
 mod ops;

@@ -14,6 +14,8 @@ use actix_web::{
     Error,
 };
 use domain::Money;
+
+use crate::limits::Refused;
 use prometheus::{
     Counter, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -40,6 +42,7 @@ struct Inner {
     in_flight: IntGauge,
     withdrawals: IntCounter,
     points_withdrawn: Counter,
+    refusals: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -84,6 +87,19 @@ impl Metrics {
             "points_withdrawn_total",
             "Points spent in successful withdrawals answered by this process.",
         )?;
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "refusals_total",
+                "Requests refused by an abuse limit, by limit: sign_in_throttle (failed sign-ins \
+                 for a login from an address, or from an address), pending_orders (a customer's \
+                 orders waiting for points), request_limit (a customer's request rate).",
+            ),
+            &["limit"],
+        )?;
+        for kind in Refused::ALL {
+            refusals.with_label_values(&[kind.label()]);
+        }
+        registry.register(Box::new(refusals.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -97,6 +113,7 @@ impl Metrics {
                 in_flight,
                 withdrawals,
                 points_withdrawn,
+                refusals,
             }),
         })
     }
@@ -195,6 +212,13 @@ where
                 response.response().extensions().get::<PointsWithdrawn>()
             {
                 metrics.withdrawn(*points);
+            }
+            if let Some(refused) = response.response().extensions().get::<Refused>() {
+                metrics
+                    .inner
+                    .refusals
+                    .with_label_values(&[refused.label()])
+                    .inc();
             }
         }
         drop(in_flight);

@@ -17,7 +17,7 @@ use crate::{
     ops,
     problem::Problem,
     routes::{accounts, balance, orders},
-    schemas::{Internal, PayloadTooLarge, Unauthorized, Unavailable},
+    schemas::{Internal, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable},
 };
 
 /// The name of the bearer-token security scheme.
@@ -56,7 +56,7 @@ pub const COOKIE_SCHEME: &str = "cookie";
     ),
     components(
         schemas(Problem),
-        responses(Unauthorized, PayloadTooLarge, Internal, Unavailable)
+        responses(Unauthorized, TooManyRequests, PayloadTooLarge, Internal, Unavailable)
     ),
     modifiers(&SecuritySchemes, &Links),
     tags(
@@ -405,7 +405,8 @@ mod tests {
 
     #[test]
     fn every_customer_operation_of_the_spec_is_documented_with_its_status_codes() {
-        let authenticated = ["401", "500", "503"];
+        // Every authenticated operation may meet the customer's request limit (429).
+        let authenticated = ["401", "429", "500", "503"];
         let expected: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::from([
             (
                 ("post", "/api/user/register"),

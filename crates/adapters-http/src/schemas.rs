@@ -105,6 +105,27 @@ impl ToSchema for OrderNumberText {}
 )]
 pub struct Unauthorized(pub Problem);
 
+/// The customer sent requests faster than their limit.
+#[derive(Debug, ToResponse)]
+#[response(
+    description = "The customer sent requests faster than their limit allows (see the \
+        `RateLimit-Policy` field of any answer); nothing was done. The refusal is held a quarter \
+        of a second before it is sent.",
+    content_type = "application/problem+json",
+    headers(
+        ("Retry-After" = u64, description = "Seconds to wait before the next request."),
+        ("RateLimit-Policy" = String, description = "The limit: `\"customer\";q=<requests>;w=<seconds>` (IETF draft-ietf-httpapi-ratelimit-headers)."),
+        ("RateLimit" = String, description = "Where the customer stands: `\"customer\";r=<remaining>;t=<seconds until the whole quota is back>`.")
+    ),
+    example = json!({
+        "type": "about:blank",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": "too many requests: 200 per 2 s allowed; try again in 1 s"
+    })
+)]
+pub struct TooManyRequests(pub Problem);
+
 /// The request body is over the limit.
 #[derive(Debug, ToResponse)]
 #[response(

@@ -13,7 +13,8 @@ use tracing_actix_web::{RequestId, TracingLogger};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
-    metrics, openapi, ops::Operations, problem::ensure_problem_body, routes::json, AppState,
+    client_address::ClientAddressSpan, limits, metrics, openapi, ops::Operations,
+    problem::ensure_problem_body, routes::json, AppState,
 };
 
 /// Where the API description is served.
@@ -96,7 +97,8 @@ pub fn http_server(
                     Ok(response)
                 }
             })
-            .wrap(TracingLogger::default())
+            .wrap_fn(limits::rate_limit_fields)
+            .wrap(TracingLogger::<ClientAddressSpan>::new())
             .wrap_fn(move |req, srv| metrics::record(&metrics, req, srv))
             .app_data(data.clone())
             .app_data(operations.clone())

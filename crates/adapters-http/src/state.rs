@@ -1,12 +1,14 @@
 //! What the handlers share: the ports of the use cases and a few settings.
 
-use std::{sync::Arc, time::Duration};
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
 use application::ports::{
     clock::Clock, ledger::LedgerRepository, orders::OrderRepository, security::PasswordHasher,
-    security::TokenService, users::UserRepository,
+    security::TokenService, throttle::SignInFailures, users::UserRepository,
 };
-use application::use_cases::{LoginThrottle, Registrations};
+use application::use_cases::{CustomerRequestLimit, LoginThrottle, Registrations};
+
+use crate::client_address::ClientAddressConfig;
 
 /// The handlers' shared state.
 #[derive(Clone)]
@@ -17,8 +19,16 @@ pub struct AppState {
     pub hasher: Arc<dyn PasswordHasher>,
     pub tokens: Arc<dyn TokenService>,
     pub clock: Arc<dyn Clock>,
+    /// Where failed sign-ins are counted, for the whole deployment.
+    pub sign_ins: Arc<dyn SignInFailures>,
     /// Refuses sign-ins after too many failures.
-    pub throttle: Arc<LoginThrottle>,
+    pub throttle: LoginThrottle,
+    /// Each customer's share of this instance; `None`: no limit.
+    pub request_limit: Option<Arc<CustomerRequestLimit>>,
+    /// Most orders a customer may have waiting for the accrual system; `None`: no limit.
+    pub pending_limit: Option<NonZeroU32>,
+    /// How a request's client address is found.
+    pub client_address: ClientAddressConfig,
     /// The sign-ups in progress, so that simultaneous ones of one login cost one hash.
     pub registrations: Arc<Registrations>,
     /// How long an issued token stays valid (also the cookie's `Max-Age`).
@@ -32,6 +42,10 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("token_lifetime", &self.token_lifetime)
             .field("secure_cookie", &self.secure_cookie)
+            .field("throttle", &self.throttle)
+            .field("request_limit", &self.request_limit)
+            .field("pending_limit", &self.pending_limit)
+            .field("client_address", &self.client_address)
             .finish_non_exhaustive()
     }
 }

@@ -19,6 +19,7 @@ mod pool;
 mod prepared;
 mod queue;
 mod schema;
+mod sign_ins;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "testing")]

@@ -9,11 +9,13 @@ use application::{
     ports::orders::{InsertOrderOutcome, OrderRepository},
     RepositoryError,
 };
+use std::num::NonZeroU32;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
-    sql_types::{Int8, Text, Timestamptz},
+    sql_types::{Bool, Int8, Text, Timestamptz},
 };
 use diesel_async::RunQueryDsl;
 use domain::{Order, OrderNumber, UserId};
@@ -23,28 +25,38 @@ use crate::{
 };
 
 prepared_statement! {
-    /// Stores a new order with its queue entry; nothing when the number exists.
+    /// Stores a new order with its queue entry; nothing when the number exists, or when the
+    /// user has `pending_limit` (unless 0) entries in the queue, which holds exactly the
+    /// orders that are not final. The count stops at the limit, through the queue's
+    /// (user_id, next_attempt_at) index, so it costs a customer in proportion to their own
+    /// backlog, at most the limit.
     struct InsertOrder {
         number: String => Text,
         user: i64 => Int8,
         uploaded_at: DateTime<Utc> => Timestamptz,
+        pending_limit: i64 => Int8,
     }
-    "WITH ins AS (
+    "WITH room AS (
+         SELECT $4 = 0 OR (SELECT count(*) FROM (
+             SELECT 1 FROM accrual_queue WHERE user_id = $2 LIMIT $4) p) < $4 AS ok),
+     ins AS (
          INSERT INTO orders (number, user_id, status, uploaded_at)
-         VALUES ($1, $2, 'NEW', $3)
+         SELECT $1, $2, 'NEW'::order_status, $3 FROM room WHERE room.ok
          ON CONFLICT (number) DO NOTHING
          RETURNING number),
      q AS (
          INSERT INTO accrual_queue (order_number, next_attempt_at, user_id)
          SELECT number, $3, $2 FROM ins
          RETURNING order_number)
-     SELECT count(*) AS inserted FROM q"
+     SELECT (SELECT count(*) FROM q) AS inserted, (SELECT ok FROM room) AS room"
 }
 
 #[derive(QueryableByName)]
 struct Inserted {
     #[diesel(sql_type = Int8)]
     inserted: i64,
+    #[diesel(sql_type = Bool)]
+    room: bool,
 }
 
 #[async_trait]
@@ -54,12 +66,14 @@ impl OrderRepository for PgStore {
         user: UserId,
         number: &OrderNumber,
         uploaded_at: DateTime<Utc>,
+        pending_limit: Option<NonZeroU32>,
     ) -> Result<InsertOrderOutcome, RepositoryError> {
         let mut conn = self.conn().await?;
         let inserted: Inserted = InsertOrder {
             number: number.as_str().to_owned(),
             user: user.0,
             uploaded_at,
+            pending_limit: pending_limit.map_or(0, |limit| i64::from(limit.get())),
         }
         .get_result(&mut conn)
         .await
@@ -68,16 +82,24 @@ impl OrderRepository for PgStore {
             self.signal.order_queued();
             return Ok(InsertOrderOutcome::Inserted);
         }
-        let owner: i64 = orders::table
+        // Not inserted: the number exists, or (without room) it may not; a number the user
+        // uploaded before is answered as such even at the limit.
+        let owner: Option<i64> = orders::table
             .filter(orders::number.eq(number.as_str()))
             .select(orders::user_id)
             .first(&mut conn)
             .await
+            .optional()
             .map_err(from_diesel)?;
-        Ok(if owner == user.0 {
-            InsertOrderOutcome::AlreadyOwnedBySameUser
-        } else {
-            InsertOrderOutcome::OwnedByAnotherUser
+        Ok(match owner {
+            Some(owner) if owner == user.0 => InsertOrderOutcome::AlreadyOwnedBySameUser,
+            Some(_) => InsertOrderOutcome::OwnedByAnotherUser,
+            None if !inserted.room => InsertOrderOutcome::PendingLimitReached,
+            None => {
+                return Err(RepositoryError::Internal(
+                    "an order was neither stored nor found".into(),
+                ))
+            }
         })
     }
 

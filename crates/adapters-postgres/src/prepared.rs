@@ -234,7 +234,7 @@ mod on_a_database {
         let one_point = Money::new(rust_decimal::Decimal::ONE).expect("money");
         for n in 1..=3 {
             store
-                .insert(user, &number(n), Utc::now())
+                .insert(user, &number(n), Utc::now(), None)
                 .await
                 .expect("upload");
             store

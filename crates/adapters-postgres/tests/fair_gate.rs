@@ -157,7 +157,7 @@ async fn the_fair_claim_serves_customers_in_turn_whatever_their_backlog() {
     let start = Utc::now() - chrono::Duration::seconds(60);
     for seed in 0..200 {
         store
-            .insert(flooder, &number(1_000 + seed), start)
+            .insert(flooder, &number(1_000 + seed), start, None)
             .await
             .expect("upload");
     }
@@ -167,6 +167,7 @@ async fn the_fair_claim_serves_customers_in_turn_whatever_their_backlog() {
                 customer,
                 &number(9_000 + seed),
                 start + chrono::Duration::seconds(1),
+                None,
             )
             .await
             .expect("upload");
@@ -220,7 +221,7 @@ async fn unknown_answers_are_counted_until_the_order_is_known() {
     let owner = user(&store, "owner").await;
     let order = number(4242);
     store
-        .insert(owner, &order, Utc::now())
+        .insert(owner, &order, Utc::now(), None)
         .await
         .expect("upload");
     let back = |reason: RetryReason| Retry {
@@ -269,7 +270,7 @@ async fn a_batch_of_final_outcomes_credits_each_order_exactly_once() {
     let bob = user(&store, "bob").await;
     for (owner, seed) in [(ann, 1), (ann, 2), (bob, 3), (bob, 4)] {
         store
-            .insert(owner, &number(seed), Utc::now())
+            .insert(owner, &number(seed), Utc::now(), None)
             .await
             .expect("upload");
     }

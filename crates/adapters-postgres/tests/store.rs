@@ -39,7 +39,7 @@ async fn credit(store: &PgStore, user: UserId, seed: u64, points: Decimal) {
     let order = number(seed);
     assert_eq!(
         store
-            .insert(user, &order, Utc::now())
+            .insert(user, &order, Utc::now(), None)
             .await
             .expect("insert"),
         InsertOrderOutcome::Inserted
@@ -90,14 +90,17 @@ async fn an_order_number_belongs_to_its_first_uploader() {
     let order = number(1234567890);
 
     let first = store
-        .insert(alice, &order, Utc::now())
+        .insert(alice, &order, Utc::now(), None)
         .await
         .expect("insert");
     let again = store
-        .insert(alice, &order, Utc::now())
+        .insert(alice, &order, Utc::now(), None)
         .await
         .expect("insert");
-    let other = store.insert(bob, &order, Utc::now()).await.expect("insert");
+    let other = store
+        .insert(bob, &order, Utc::now(), None)
+        .await
+        .expect("insert");
 
     assert_eq!(first, InsertOrderOutcome::Inserted);
     assert_eq!(again, InsertOrderOutcome::AlreadyOwnedBySameUser);
@@ -124,7 +127,7 @@ async fn concurrent_uploads_of_one_number_store_it_once() {
         .map(|&u| {
             let store = store.clone();
             let order = order.clone();
-            tokio::spawn(async move { store.insert(u, &order, Utc::now()).await })
+            tokio::spawn(async move { store.insert(u, &order, Utc::now(), None).await })
         })
         .collect();
     let mut outcomes = Vec::new();
@@ -162,7 +165,7 @@ async fn orders_are_listed_newest_first() {
     for (i, seed) in [11u64, 22, 33].iter().enumerate() {
         let at = start + chrono::Duration::seconds(i64::try_from(i).expect("small"));
         store
-            .insert(alice, &number(*seed), at)
+            .insert(alice, &number(*seed), at, None)
             .await
             .expect("insert");
     }
@@ -323,7 +326,7 @@ async fn a_final_outcome_applies_exactly_once() {
     let alice = user(&store, "alice").await;
     let order = number(4242);
     store
-        .insert(alice, &order, Utc::now())
+        .insert(alice, &order, Utc::now(), None)
         .await
         .expect("insert");
 
@@ -374,7 +377,7 @@ async fn an_invalid_order_earns_nothing_and_leaves_the_queue() {
     let alice = user(&store, "alice").await;
     let order = number(31337);
     store
-        .insert(alice, &order, Utc::now())
+        .insert(alice, &order, Utc::now(), None)
         .await
         .expect("insert");
 
@@ -407,8 +410,14 @@ async fn claimed_entries_are_leased_and_come_back_when_the_lease_ends() {
     let store = db.store();
     let alice = user(&store, "alice").await;
     let now = Utc::now();
-    store.insert(alice, &number(1), now).await.expect("insert");
-    store.insert(alice, &number(2), now).await.expect("insert");
+    store
+        .insert(alice, &number(1), now, None)
+        .await
+        .expect("insert");
+    store
+        .insert(alice, &number(2), now, None)
+        .await
+        .expect("insert");
 
     let first = store
         .claim(10, now, Duration::from_secs(30), ClaimOrder::DueFirst)
@@ -444,7 +453,10 @@ async fn the_next_due_time_skips_entries_in_flight_and_counts_those_whose_lease_
         None,
         "nothing queued"
     );
-    store.insert(alice, &number(1), now).await.expect("insert");
+    store
+        .insert(alice, &number(1), now, None)
+        .await
+        .expect("insert");
     let queued = store.next_due(now).await.expect("read").expect("due");
 
     let later = now + chrono::Duration::seconds(1);
@@ -476,7 +488,10 @@ async fn retries_are_scheduled_and_only_failures_count_as_attempts() {
     let alice = user(&store, "alice").await;
     let now = Utc::now();
     let order = number(5);
-    store.insert(alice, &order, now).await.expect("insert");
+    store
+        .insert(alice, &order, now, None)
+        .await
+        .expect("insert");
     store
         .claim(1, now, Duration::from_secs(30), ClaimOrder::DueFirst)
         .await
@@ -568,7 +583,7 @@ async fn concurrent_claimers_never_share_an_entry() {
     let now = Utc::now();
     for seed in 0..200u64 {
         store
-            .insert(alice, &number(10_000 + seed), now)
+            .insert(alice, &number(10_000 + seed), now, None)
             .await
             .expect("insert");
     }
@@ -610,7 +625,7 @@ async fn an_upload_wakes_this_instances_worker_and_a_repeated_one_does_not() {
     let wake = store.queue_wake();
 
     store
-        .insert(alice, &number(8080), Utc::now())
+        .insert(alice, &number(8080), Utc::now(), None)
         .await
         .expect("insert");
     tokio::time::timeout(Duration::from_secs(1), wake.notified())
@@ -619,7 +634,7 @@ async fn an_upload_wakes_this_instances_worker_and_a_repeated_one_does_not() {
 
     // Nothing new was queued: no wake.
     store
-        .insert(alice, &number(8080), Utc::now())
+        .insert(alice, &number(8080), Utc::now(), None)
         .await
         .expect("insert again");
     assert!(
@@ -654,7 +669,7 @@ async fn uploads_are_announced_to_the_workers_of_other_instances() {
         .expect("listening");
 
     for n in 1..=20 {
-        here.insert(alice, &number(8080 + n), Utc::now())
+        here.insert(alice, &number(8080 + n), Utc::now(), None)
             .await
             .expect("insert");
     }
@@ -691,7 +706,10 @@ async fn an_unreadable_queue_entry_does_not_stop_the_others() {
     let store = db.store();
     let alice = user(&store, "alice").await;
     let now = Utc::now();
-    store.insert(alice, &number(1), now).await.expect("insert");
+    store
+        .insert(alice, &number(1), now, None)
+        .await
+        .expect("insert");
     // A row written around the service: digits, but a wrong checksum.
     let mut conn =
         <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(db.url())
@@ -718,4 +736,113 @@ async fn an_unreadable_queue_entry_does_not_stop_the_others() {
 
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].order, number(1));
+}
+
+fn address(last: u8) -> std::net::IpAddr {
+    std::net::IpAddr::from([192, 0, 2, last])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_are_counted_per_login_and_address_and_per_address() {
+    use application::ports::throttle::SignInFailures;
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    let alice = Login::parse("alice").expect("login");
+    let bob = Login::parse("bob").expect("login");
+    let window = Duration::from_secs(60);
+
+    for _ in 0..3 {
+        store
+            .record_failure(&alice, address(1), window)
+            .await
+            .expect("counted");
+    }
+    store
+        .record_failure(&bob, address(1), window)
+        .await
+        .expect("counted");
+    let alice_there = store
+        .sign_in_record(&alice, address(1), window)
+        .await
+        .expect("read");
+    let alice_elsewhere = store
+        .sign_in_record(&alice, address(2), window)
+        .await
+        .expect("read");
+    store
+        .forget_failures(&alice, address(1))
+        .await
+        .expect("forgotten");
+    let after_success = store
+        .sign_in_record(&alice, address(1), window)
+        .await
+        .expect("read");
+
+    assert_eq!(alice_there.failures.login_from_address.failures, 3);
+    assert_eq!(alice_there.failures.address.failures, 4);
+    assert!(alice_there.failures.address.window_left > Duration::from_secs(50));
+    assert!(alice_there.credentials.is_none(), "no such customer");
+    assert_eq!(alice_elsewhere.failures.login_from_address.failures, 0);
+    assert_eq!(alice_elsewhere.failures.address.failures, 0);
+    assert_eq!(after_success.failures.login_from_address.failures, 0);
+    assert_eq!(
+        after_success.failures.address.failures, 4,
+        "the address keeps its count"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_whose_window_ended_restart_and_are_removed_by_later_failures() {
+    use application::ports::throttle::SignInFailures;
+    let db = TestDatabase::create().await;
+    let store = db.store();
+    let short = Duration::from_secs(1);
+    for i in 0..6 {
+        let login = Login::parse(&format!("user{i}")).expect("login");
+        store
+            .record_failure(&login, address(i), short)
+            .await
+            .expect("counted");
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let carol = Login::parse("carol").expect("login");
+    let user0 = Login::parse("user0").expect("login");
+
+    let ended = store
+        .sign_in_record(&user0, address(0), short)
+        .await
+        .expect("read");
+    store
+        .record_failure(&user0, address(0), short)
+        .await
+        .expect("counted");
+    let restarted = store
+        .sign_in_record(&user0, address(0), short)
+        .await
+        .expect("read");
+    for _ in 0..3 {
+        store
+            .record_failure(&carol, address(9), short)
+            .await
+            .expect("counted");
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Rows {
+        #[diesel(sql_type = diesel::sql_types::Int8)]
+        count: i64,
+    }
+    let mut conn =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(db.url())
+            .await
+            .expect("connect");
+    let rows: Rows = diesel::sql_query("SELECT count(*) AS count FROM sign_in_failures")
+        .get_result(&mut conn)
+        .await
+        .expect("counted");
+
+    assert_eq!(ended.failures.login_from_address.failures, 0);
+    assert_eq!(restarted.failures.login_from_address.failures, 1);
+    // Six ended windows of two rows each, four removed by each later failure: only the live
+    // rows are left (user0's two and carol's two).
+    assert_eq!(rows.count, 4);
 }

@@ -1,7 +1,10 @@
 //! Configuration from command-line flags and environment variables (flags win).
 
-use std::{net::SocketAddr, net::ToSocketAddrs, time::Duration};
+use std::{net::SocketAddr, net::ToSocketAddrs, num::NonZeroU32, time::Duration};
 
+use application::use_cases::RequestLimitConfig;
+
+use adapters_http::client_address::{ForwardedHeader, TrustedProxies};
 use clap::{Parser, ValueEnum};
 use secrecy::SecretString;
 
@@ -69,17 +72,49 @@ pub struct Config {
     #[arg(long, env = "BCRYPT_CONCURRENCY")]
     pub bcrypt_concurrency: Option<usize>,
 
-    /// Failed sign-ins allowed for one login within the throttle window (0 = no limit).
+    /// Failed sign-ins allowed for one login from one client address within the throttle
+    /// window; past it that address is refused for that login, no other address is (0 = no
+    /// limit). Counted in the database, for every instance together.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_LOGIN", default_value_t = 10)]
     pub login_max_failures_per_login: u32,
 
-    /// Failed sign-ins allowed from one client address within the throttle window (0 = no limit).
+    /// Failed sign-ins allowed from one client address, whatever the login, within the
+    /// throttle window; past it that address is refused (0 = no limit).
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 50)]
     pub login_max_failures_per_address: u32,
 
     /// The sign-in throttle window, in seconds, counted from the first failure.
     #[arg(long, env = "LOGIN_THROTTLE_WINDOW_SECONDS", default_value_t = 300)]
     pub login_throttle_window_seconds: u64,
+
+    /// The reverse proxies and load balancers in front of the service, as a comma-separated
+    /// list of addresses and CIDR blocks (`10.0.0.0/8, 192.0.2.7`). A request from one of
+    /// them is taken to come from the rightmost address of FORWARDED_HEADER that is not one
+    /// of them; the header of anyone else is ignored. Empty: the connection's address is the
+    /// client's.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+
+    /// The header the trusted proxies add their client's address to: `x-forwarded-for` or
+    /// `forwarded` (RFC 7239). Only this one is read: a proxy passes the other on from the
+    /// client unchanged.
+    #[arg(long, env = "FORWARDED_HEADER", default_value = "x-forwarded-for")]
+    pub forwarded_header: ForwardedHeader,
+
+    /// Most orders one customer may have waiting for their points (not final yet); an upload
+    /// past it answers 429 and stores nothing (0 = no limit).
+    #[arg(long, env = "MAX_PENDING_ORDERS", default_value_t = 1000)]
+    pub max_pending_orders: u32,
+
+    /// Requests per second one customer may keep up, in each instance; past it (and the
+    /// burst) requests answer 429 with Retry-After (0 = no limit). With N instances sharing a
+    /// customer's requests, the customer's total is up to N times this.
+    #[arg(long, env = "CUSTOMER_REQUESTS_PER_SECOND", default_value_t = 50)]
+    pub customer_requests_per_second: u32,
+
+    /// Requests one customer may send at once above the steady rate, in each instance.
+    #[arg(long, env = "CUSTOMER_REQUEST_BURST", default_value_t = 100)]
+    pub customer_request_burst: u32,
 
     /// Mark the session cookie `Secure` (set when clients reach the service over HTTPS).
     #[arg(long, env = "COOKIE_SECURE", default_value_t = false)]
@@ -168,6 +203,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// Each customer's request limit in each instance, unless switched off.
+    #[must_use]
+    pub fn request_limit(&self) -> Option<RequestLimitConfig> {
+        let per_second = NonZeroU32::new(self.customer_requests_per_second)?;
+        Some(RequestLimitConfig {
+            per_second,
+            burst: NonZeroU32::new(self.customer_request_burst).unwrap_or(per_second),
+        })
+    }
+
     /// The addresses to listen on.
     ///
     /// # Errors

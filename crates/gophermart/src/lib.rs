@@ -6,12 +6,14 @@ pub mod config;
 mod operations;
 pub mod telemetry;
 
-use std::{net::TcpListener, sync::Arc, time::Duration};
+use std::{net::TcpListener, num::NonZeroU32, sync::Arc, time::Duration};
 
 use actix_web::dev::{Server, ServerHandle};
 use adapters_accrual::{normalize_base_url, AccrualClientConfig, HttpAccrualClient};
 use adapters_crypto::{BcryptHasher, JwtTokens};
-use adapters_http::{http_server, AppState, Metrics, Operations, ServerConfig};
+use adapters_http::{
+    client_address::ClientAddressConfig, http_server, AppState, Metrics, Operations, ServerConfig,
+};
 use adapters_postgres::{
     listen_for_notifications, run_migrations_in, PgClusterGate, PgPoolConfig, PgStore,
     StatementMode, Wakes,
@@ -19,7 +21,7 @@ use adapters_postgres::{
 use anyhow::Context;
 use application::{
     ports::clock::SystemClock,
-    use_cases::{LoginThrottle, Registrations, ThrottleConfig},
+    use_cases::{CustomerRequestLimit, LoginThrottle, Registrations, ThrottleConfig},
     worker::{AccrualWorker, RateGate, WorkerConfig},
 };
 use secrecy::ExposeSecret;
@@ -131,11 +133,20 @@ impl Application {
             hasher: Arc::new(hasher),
             tokens: Arc::new(JwtTokens::new(&secret, config.token_ttl())),
             clock: clock.clone(),
-            throttle: Arc::new(LoginThrottle::new(ThrottleConfig {
+            sign_ins: Arc::new(store.clone()),
+            throttle: LoginThrottle::new(ThrottleConfig {
                 max_failures_per_login: config.login_max_failures_per_login,
                 max_failures_per_address: config.login_max_failures_per_address,
                 window: Duration::from_secs(config.login_throttle_window_seconds),
-            })),
+            }),
+            request_limit: config
+                .request_limit()
+                .map(|limit| Arc::new(CustomerRequestLimit::new(limit))),
+            pending_limit: NonZeroU32::new(config.max_pending_orders),
+            client_address: ClientAddressConfig {
+                trusted_proxies: config.trusted_proxies.clone(),
+                header: config.forwarded_header,
+            },
             registrations: Arc::new(Registrations::new()),
             token_lifetime: config.token_ttl(),
             secure_cookie: config.cookie_secure,

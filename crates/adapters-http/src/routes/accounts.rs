@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actix_web::{
     http::{header, StatusCode},
-    web, HttpRequest, HttpResponse, ResponseError,
+    web, HttpResponse, ResponseError,
 };
 use application::{
     ports::security::HashingError,
@@ -16,6 +16,8 @@ use utoipa::ToSchema;
 
 use crate::{
     auth::with_credentials,
+    client_address::ClientAddress,
+    limits::Refused,
     problem::{error_problem, log_chain, repository_status, Problem},
     routes::json::JsonObject,
     schemas::{Internal, PayloadTooLarge, Unavailable},
@@ -99,6 +101,7 @@ impl ResponseError for LogInHandlerError {
     fn error_response(&self) -> HttpResponse {
         let mut response = error_problem(self);
         if let Self::UseCase(LogInError::Throttled { retry_after }) = self {
+            response.extensions_mut().insert(Refused::SignInThrottle);
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             if let Ok(value) = header::HeaderValue::from_str(&seconds.max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -243,7 +246,7 @@ pub async fn register(
 #[tracing::instrument(name = "login", skip_all)]
 pub async fn log_in(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    client: ClientAddress,
     body: JsonObject<CredentialsBody>,
 ) -> Result<HttpResponse, LogInHandlerError> {
     let (login, password) = body
@@ -251,11 +254,11 @@ pub async fn log_in(
         .try_into_domain()
         .map_err(LogInHandlerError::Malformed)?;
     let signed_in = use_cases::log_in(
-        state.users.as_ref(),
+        state.sign_ins.as_ref(),
         state.hasher.as_ref(),
         state.tokens.as_ref(),
         &state.throttle,
-        req.peer_addr().map(|a| a.ip()),
+        client.0,
         &login,
         &password,
     )
@@ -278,8 +281,12 @@ mod tests {
     use application::use_cases::{LoginThrottle, Registrations};
     use application::{
         ports::{
-            clock::MockClock, ledger::MockLedgerRepository, orders::MockOrderRepository,
-            security::MockPasswordHasher, security::MockTokenService, users::MockUserRepository,
+            clock::MockClock,
+            ledger::MockLedgerRepository,
+            orders::MockOrderRepository,
+            security::{MockHashingTurn, MockPasswordHasher, MockTokenService},
+            throttle::{FailureCount, MockSignInFailures, RecentFailures, SignInRecord},
+            users::MockUserRepository,
         },
         use_cases::ThrottleConfig,
     };
@@ -287,27 +294,40 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::configure_api;
+    use crate::{client_address::ClientAddressConfig, configure_api};
 
-    /// The service's state with a hasher that refuses every turn as busy, a throttle that has
-    /// refused `throttled` already, and no user.
-    fn state(throttled: Option<&str>) -> AppState {
+    /// The service's state with no user and, when `throttled`, every sign-in over the
+    /// throttle's limit and a hasher that gives turns (and is never asked to check a
+    /// password); otherwise a hasher that refuses every turn as busy.
+    fn state(throttled: bool) -> AppState {
         let mut hasher = MockPasswordHasher::new();
-        hasher.expect_turn().returning(|| {
-            Err(HashingError::Busy {
-                retry_after: Duration::from_secs(1),
-            })
+        hasher.expect_turn().returning(move || {
+            if throttled {
+                let mut turn = MockHashingTurn::new();
+                turn.expect_verify().never();
+                Ok(Box::new(turn))
+            } else {
+                Err(HashingError::Busy {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
         });
         let mut users = MockUserRepository::new();
         users.expect_find_by_login().returning(|_| Ok(None));
-        let throttle = LoginThrottle::new(ThrottleConfig {
-            max_failures_per_login: 1,
-            max_failures_per_address: 0,
-            window: Duration::from_secs(60),
+        let mut sign_ins = MockSignInFailures::new();
+        sign_ins.expect_sign_in_record().returning(move |_, _, _| {
+            let count = FailureCount {
+                failures: u32::from(throttled),
+                window_left: Duration::from_secs(60),
+            };
+            Ok(SignInRecord {
+                credentials: None,
+                failures: RecentFailures {
+                    login_from_address: count,
+                    address: count,
+                },
+            })
         });
-        if let Some(login) = throttled {
-            throttle.record_failure(login, None);
-        }
         AppState {
             users: Arc::new(users),
             orders: Arc::new(MockOrderRepository::new()),
@@ -315,7 +335,15 @@ mod tests {
             hasher: Arc::new(hasher),
             tokens: Arc::new(MockTokenService::new()),
             clock: Arc::new(MockClock::new()),
-            throttle: Arc::new(throttle),
+            sign_ins: Arc::new(sign_ins),
+            throttle: LoginThrottle::new(ThrottleConfig {
+                max_failures_per_login: 1,
+                max_failures_per_address: 0,
+                window: Duration::from_secs(60),
+            }),
+            request_limit: None,
+            pending_limit: None,
+            client_address: ClientAddressConfig::default(),
             registrations: Arc::new(Registrations::new()),
             token_lifetime: Duration::from_secs(3600),
             secure_cookie: false,
@@ -344,7 +372,7 @@ mod tests {
     async fn a_sign_in_refused_for_want_of_a_turn_at_the_hasher_is_answered_after_the_delay() {
         tokio::time::pause();
 
-        let (status, took) = post(state(None), "/api/user/login", "gopher").await;
+        let (status, took) = post(state(false), "/api/user/login", "gopher").await;
 
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(took >= BUSY_ANSWER_DELAY, "answered after {took:?}");
@@ -354,7 +382,7 @@ mod tests {
     async fn a_sign_up_refused_for_want_of_a_turn_at_the_hasher_is_answered_after_the_delay() {
         tokio::time::pause();
 
-        let (status, took) = post(state(None), "/api/user/register", "gopher").await;
+        let (status, took) = post(state(false), "/api/user/register", "gopher").await;
 
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(took >= BUSY_ANSWER_DELAY, "answered after {took:?}");
@@ -364,7 +392,7 @@ mod tests {
     async fn a_throttled_sign_in_is_answered_at_once() {
         tokio::time::pause();
 
-        let (status, took) = post(state(Some("gopher")), "/api/user/login", "gopher").await;
+        let (status, took) = post(state(true), "/api/user/login", "gopher").await;
 
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(took, Duration::ZERO);

@@ -16,7 +16,7 @@ use crate::{
     },
     schemas::{
         money_schema, order_number_schema, positive_money_schema, Internal, PayloadTooLarge,
-        Unauthorized, Unavailable,
+        TooManyRequests, Unauthorized, Unavailable,
     },
     AppState, AuthenticatedUser,
 };
@@ -48,6 +48,7 @@ pub struct BalanceBody {
         (status = 200, description = "The balance.", body = BalanceBody,
             example = json!({"current": 500.5, "withdrawn": 42})),
         (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
         (status = 503, response = Unavailable),
     ),
@@ -141,6 +142,7 @@ impl ResponseError for WithdrawHandlerError {
             body = Problem, content_type = "application/problem+json",
             example = json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "Json deserialize error: missing field `sum` at line 1 column 22"})),
         (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
         (status = 402, description = "Not enough points.",
             body = Problem, content_type = "application/problem+json",
             example = json!({"type": "about:blank", "title": "Payment Required", "status": 402, "detail": "not enough points"})),
@@ -218,6 +220,7 @@ impl From<Withdrawal> for WithdrawalItem {
             ])),
         (status = 204, description = "The customer has made no withdrawals."),
         (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
         (status = 503, response = Unavailable),
     ),

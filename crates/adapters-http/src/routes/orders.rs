@@ -14,10 +14,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
+    limits::Refused,
     problem::{error_problem, problem, repository_status, Problem},
     routes::json::{optional_money, rfc3339},
     schemas::{
-        money_schema, Internal, OrderNumberText, PayloadTooLarge, Unauthorized, Unavailable,
+        money_schema, Internal, OrderNumberText, PayloadTooLarge, TooManyRequests, Unauthorized,
+        Unavailable,
     },
     AppState, AuthenticatedUser,
 };
@@ -39,14 +41,26 @@ impl ResponseError for UploadHandlerError {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::InvalidNumber(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UseCase(UploadOrderError::UploadedByAnotherUser) => StatusCode::CONFLICT,
+            Self::UseCase(UploadOrderError::TooManyPending { .. }) => StatusCode::TOO_MANY_REQUESTS,
             Self::UseCase(UploadOrderError::Repository(e)) => repository_status(e),
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        error_problem(self)
+        let mut response = error_problem(self);
+        if let Self::UseCase(UploadOrderError::TooManyPending { .. }) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, PENDING_RETRY_AFTER_SECONDS.into());
+            response.extensions_mut().insert(Refused::PendingOrders);
+        }
+        response
     }
 }
+
+/// The `Retry-After` of an upload refused at the pending-orders limit: the accrual system
+/// settles orders at its own pace, so this is a hint, not a promise.
+const PENDING_RETRY_AFTER_SECONDS: u32 = 60;
 
 /// Reads the order number from a `text/plain` body; surrounding whitespace is ignored.
 fn order_number(req: &HttpRequest, body: &[u8]) -> Result<OrderNumber, UploadHandlerError> {
@@ -96,6 +110,12 @@ fn order_number(req: &HttpRequest, body: &[u8]) -> Result<OrderNumber, UploadHan
             body = Problem, content_type = "application/problem+json",
             example = json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "the body must hold an order number"})),
         (status = 401, response = Unauthorized),
+        (status = 429, description = "Nothing was stored: the customer has as many orders waiting \
+            for their points as allowed (the detail names the limit; final orders do not count), \
+            or sent requests faster than their limit allows (see the `RateLimit` fields).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again.")),
+            example = json!({"type": "about:blank", "title": "Too Many Requests", "status": 429, "detail": "1000 of your orders are waiting for their points already; upload more once some are processed"})),
         (status = 409, description = "Another customer already uploaded this number.",
             body = Problem, content_type = "application/problem+json",
             example = json!({"type": "about:blank", "title": "Conflict", "status": 409, "detail": "the order number was uploaded by another user"})),
@@ -116,9 +136,14 @@ pub async fn upload(
     body: web::Bytes,
 ) -> Result<HttpResponse, UploadHandlerError> {
     let number = order_number(&req, &body)?;
-    let uploaded =
-        use_cases::upload_order(state.orders.as_ref(), state.clock.as_ref(), user.0, &number)
-            .await?;
+    let uploaded = use_cases::upload_order(
+        state.orders.as_ref(),
+        state.clock.as_ref(),
+        user.0,
+        &number,
+        state.pending_limit,
+    )
+    .await?;
     Ok(match uploaded {
         Uploaded::Accepted => HttpResponse::Accepted().finish(),
         Uploaded::AlreadyUploadedByYou => HttpResponse::Ok().finish(),
@@ -220,6 +245,7 @@ impl ResponseError for ReadError {
             ])),
         (status = 204, description = "The customer has uploaded no orders."),
         (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
         (status = 503, response = Unavailable),
     ),

@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod orders;
 pub mod queue;
 pub mod security;
+pub mod throttle;
 pub mod users;
 
 /// A storage failure that is not a business outcome.

@@ -1,5 +1,7 @@
 //! Uploaded orders.
 
+use std::num::NonZeroU32;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{Order, OrderNumber, UserId};
@@ -15,6 +17,9 @@ pub enum InsertOrderOutcome {
     AlreadyOwnedBySameUser,
     /// Another user owns it; nothing changed.
     OwnedByAnotherUser,
+    /// A new number, but the user has as many orders pending as the limit allows; nothing
+    /// changed.
+    PendingLimitReached,
 }
 
 /// Stores orders.
@@ -22,7 +27,9 @@ pub enum InsertOrderOutcome {
 #[async_trait]
 pub trait OrderRepository: Send + Sync {
     /// Stores a new order as `NEW` and queues it for the accrual system in one transaction,
-    /// unless the number exists.
+    /// unless the number exists or, with a `pending_limit`, the user has that many orders
+    /// that are not final yet. Uploads of one user racing at the limit may each see room, so
+    /// the limit can be passed by at most the uploads of that user in flight at once.
     ///
     /// # Errors
     /// [`RepositoryError`] on a storage failure; nothing is stored then.
@@ -31,6 +38,7 @@ pub trait OrderRepository: Send + Sync {
         user: UserId,
         number: &OrderNumber,
         uploaded_at: DateTime<Utc>,
+        pending_limit: Option<NonZeroU32>,
     ) -> Result<InsertOrderOutcome, RepositoryError>;
 
     /// A user's orders, newest first.

@@ -9,6 +9,7 @@ use super::LoginThrottle;
 
 use crate::ports::{
     security::{HashingError, PasswordHasher, Token, TokenService},
+    throttle::SignInFailures,
     users::{CreateUserError, UserRepository},
     RepositoryError,
 };
@@ -136,9 +137,11 @@ pub async fn register(
 }
 
 /// Signs a customer in. An unknown login costs the same hashing time as a wrong password.
-/// Admission comes first and costs no database work: too many failures for one login or from
-/// one address are refused, then a turn at the hasher is taken (refused at once when the hasher
-/// cannot serve it soon), and only then is the stored hash read.
+/// A turn at the hasher is taken first (refused at once when the hasher cannot serve it soon,
+/// at no database cost); then one query reads the stored hash with the failures counted
+/// against this attempt, and an attempt the throttle refuses costs no hashing. A failure is
+/// counted for the whole deployment before it is answered; a success forgets the failures of
+/// its login from its address (a query only when there are some).
 ///
 /// # Errors
 /// [`LogInError::InvalidCredentials`] for an unknown login or a wrong password,
@@ -146,30 +149,44 @@ pub async fn register(
 /// the hasher cannot take the sign-in soon.
 #[tracing::instrument(skip_all, fields(login = %login))]
 pub async fn log_in(
-    users: &dyn UserRepository,
+    sign_ins: &dyn SignInFailures,
     hasher: &dyn PasswordHasher,
     tokens: &dyn TokenService,
     throttle: &LoginThrottle,
-    client: Option<IpAddr>,
+    client: IpAddr,
     login: &Login,
     password: &Password,
 ) -> Result<Token, LogInError> {
-    throttle
-        .check(login.as_str(), client)
-        .map_err(|retry_after| LogInError::Throttled { retry_after })?;
     let turn = hasher.turn()?;
-    let stored = users.find_by_login(login).await?;
-    let matches = turn
-        .verify(password, stored.as_ref().map(|s| s.password_hash.clone()))
+    let record = sign_ins
+        .sign_in_record(login, client, throttle.window())
         .await?;
-    match stored {
+    throttle
+        .check(&record.failures)
+        .map_err(|retry_after| LogInError::Throttled { retry_after })?;
+    let matches = turn
+        .verify(
+            password,
+            record.credentials.as_ref().map(|s| s.password_hash.clone()),
+        )
+        .await?;
+    match record.credentials {
         Some(user) if matches => {
-            throttle.record_success(login.as_str());
+            if record.failures.login_from_address.failures > 0 {
+                // Failing to forget leaves old failures to lapse with their window.
+                if let Err(error) = sign_ins.forget_failures(login, client).await {
+                    tracing::debug!(error = %error, "failed sign-ins not forgotten");
+                }
+            }
             Ok(tokens.issue(user.id)?)
         }
         _ => {
-            throttle.record_failure(login.as_str(), client);
-            tracing::info!(client = ?client, "failed sign-in");
+            if throttle.is_on() {
+                sign_ins
+                    .record_failure(login, client, throttle.window())
+                    .await?;
+            }
+            tracing::info!(client = %client, "failed sign-in");
             Err(LogInError::InvalidCredentials)
         }
     }
@@ -185,6 +202,7 @@ mod tests {
     use super::*;
     use crate::ports::{
         security::{MockHashingTurn, MockPasswordHasher, MockTokenService, PasswordHash},
+        throttle::{FailureCount, MockSignInFailures, RecentFailures, SignInRecord},
         users::{MockUserRepository, StoredCredentials},
     };
 
@@ -194,14 +212,6 @@ mod tests {
 
     fn password() -> Password {
         Password::parse("secret").expect("valid")
-    }
-
-    fn no_throttle() -> LoginThrottle {
-        LoginThrottle::new(super::super::ThrottleConfig {
-            max_failures_per_login: 0,
-            max_failures_per_address: 0,
-            window: Duration::from_secs(60),
-        })
     }
 
     fn hash() -> PasswordHash {
@@ -437,18 +447,59 @@ mod tests {
         drop(registrations.claim(&login()).await);
     }
 
+    fn client() -> IpAddr {
+        IpAddr::from([192, 0, 2, 7])
+    }
+
+    /// A store that knows `credentials` and counts `failures` against every attempt.
+    fn sign_ins(
+        credentials: Option<StoredCredentials>,
+        failures: RecentFailures,
+    ) -> MockSignInFailures {
+        let mut sign_ins = MockSignInFailures::new();
+        sign_ins.expect_sign_in_record().returning(move |_, _, _| {
+            Ok(SignInRecord {
+                credentials: credentials.clone(),
+                failures,
+            })
+        });
+        sign_ins
+    }
+
+    fn failures(login_from_address: u32) -> RecentFailures {
+        RecentFailures {
+            login_from_address: FailureCount {
+                failures: login_from_address,
+                window_left: Duration::from_secs(30),
+            },
+            address: FailureCount {
+                failures: login_from_address,
+                window_left: Duration::from_secs(30),
+            },
+        }
+    }
+
+    fn throttle(per_login: u32) -> LoginThrottle {
+        LoginThrottle::new(super::super::ThrottleConfig {
+            max_failures_per_login: per_login,
+            max_failures_per_address: 0,
+            window: Duration::from_secs(60),
+        })
+    }
+
     #[tokio::test]
     async fn log_in_issues_a_token_for_the_right_password() {
-        let mut users = MockUserRepository::new();
-        users.expect_find_by_login().returning(|_| Ok(stored()));
+        let mut sign_ins = sign_ins(stored(), RecentFailures::default());
+        sign_ins.expect_record_failure().never();
+        sign_ins.expect_forget_failures().never();
         let hasher = verifying(1, |stored| stored == Some(hash()));
 
         let token = log_in(
-            &users,
+            &sign_ins,
             &hasher,
             &issuing_tokens(),
-            &no_throttle(),
-            None,
+            &throttle(10),
+            client(),
             &login(),
             &password(),
         )
@@ -458,18 +509,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn log_in_refuses_a_wrong_password() {
-        let mut users = MockUserRepository::new();
-        users.expect_find_by_login().returning(|_| Ok(stored()));
+    async fn a_successful_sign_in_forgets_the_failures_of_its_login_from_its_address() {
+        let mut sign_ins = sign_ins(stored(), failures(3));
+        sign_ins
+            .expect_forget_failures()
+            .with(eq(login()), eq(client()))
+            .times(1)
+            .returning(|_, _| Ok(()));
+
+        let token = log_in(
+            &sign_ins,
+            &verifying(1, |_| true),
+            &issuing_tokens(),
+            &throttle(10),
+            client(),
+            &login(),
+            &password(),
+        )
+        .await;
+
+        assert!(token.is_ok());
+    }
+
+    #[tokio::test]
+    async fn log_in_refuses_a_wrong_password_and_counts_the_failure() {
+        let mut sign_ins = sign_ins(stored(), RecentFailures::default());
+        sign_ins
+            .expect_record_failure()
+            .with(eq(login()), eq(client()), eq(Duration::from_secs(60)))
+            .times(1)
+            .returning(|_, _, _| Ok(()));
         let mut tokens = MockTokenService::new();
         tokens.expect_issue().never();
 
         let result = log_in(
-            &users,
+            &sign_ins,
             &verifying(1, |_| false),
             &tokens,
-            &no_throttle(),
-            None,
+            &throttle(10),
+            client(),
             &login(),
             &password(),
         )
@@ -479,20 +557,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failure_that_cannot_be_counted_is_not_answered_as_a_wrong_password() {
+        let mut sign_ins = sign_ins(stored(), RecentFailures::default());
+        sign_ins
+            .expect_record_failure()
+            .returning(|_, _, _| Err(RepositoryError::Unavailable("the database is down".into())));
+
+        let result = log_in(
+            &sign_ins,
+            &verifying(1, |_| false),
+            &MockTokenService::new(),
+            &throttle(10),
+            client(),
+            &login(),
+            &password(),
+        )
+        .await;
+
+        assert!(matches!(
+            result,
+            Err(LogInError::Repository(RepositoryError::Unavailable(_)))
+        ));
+    }
+
+    #[tokio::test]
     async fn log_in_spends_a_hash_check_on_an_unknown_login_and_refuses_it() {
-        let mut users = MockUserRepository::new();
-        users.expect_find_by_login().returning(|_| Ok(None));
+        let mut sign_ins = sign_ins(None, RecentFailures::default());
+        sign_ins
+            .expect_record_failure()
+            .times(1)
+            .returning(|_, _, _| Ok(()));
         // The dummy check is asked for (with no stored hash), whatever it answers.
         let hasher = verifying(1, |stored| stored.is_none());
         let mut tokens = MockTokenService::new();
         tokens.expect_issue().never();
 
         let result = log_in(
-            &users,
+            &sign_ins,
             &hasher,
             &tokens,
-            &no_throttle(),
-            None,
+            &throttle(10),
+            client(),
             &login(),
             &password(),
         )
@@ -503,17 +608,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_sign_in_the_hasher_cannot_take_costs_no_database_query() {
-        let mut users = MockUserRepository::new();
-        users.expect_find_by_login().never();
+        let mut sign_ins = MockSignInFailures::new();
+        sign_ins.expect_sign_in_record().never();
         let mut tokens = MockTokenService::new();
         tokens.expect_issue().never();
 
         let result = log_in(
-            &users,
+            &sign_ins,
             &busy(),
             &tokens,
-            &no_throttle(),
-            None,
+            &throttle(10),
+            client(),
             &login(),
             &password(),
         )
@@ -526,44 +631,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn log_in_is_refused_without_hashing_or_a_query_once_a_login_is_throttled() {
-        let throttle = LoginThrottle::new(super::super::ThrottleConfig {
-            max_failures_per_login: 2,
-            max_failures_per_address: 0,
-            window: Duration::from_secs(60),
+    async fn a_throttled_sign_in_is_refused_without_hashing_or_counting() {
+        let mut sign_ins = sign_ins(stored(), failures(2));
+        sign_ins.expect_record_failure().never();
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_turn().times(1).returning(|| {
+            let mut turn = MockHashingTurn::new();
+            turn.expect_verify().never();
+            Ok(Box::new(turn))
         });
-        let mut users = MockUserRepository::new();
-        users
-            .expect_find_by_login()
-            .times(2)
-            .returning(|_| Ok(None));
-        let hasher = verifying(2, |_| false);
-        let tokens = MockTokenService::new();
 
-        for _ in 0..2 {
-            let result = log_in(
-                &users,
-                &hasher,
-                &tokens,
-                &throttle,
-                None,
-                &login(),
-                &password(),
-            )
-            .await;
-            assert!(matches!(result, Err(LogInError::InvalidCredentials)));
-        }
-        let third = log_in(
-            &users,
+        let result = log_in(
+            &sign_ins,
             &hasher,
-            &tokens,
-            &throttle,
-            None,
+            &MockTokenService::new(),
+            &throttle(2),
+            client(),
             &login(),
             &password(),
         )
         .await;
 
-        assert!(matches!(third, Err(LogInError::Throttled { .. })));
+        assert!(matches!(
+            result,
+            Err(LogInError::Throttled { retry_after }) if retry_after == Duration::from_secs(30)
+        ));
     }
 }

@@ -3,9 +3,11 @@
 mod accounts;
 mod ledger;
 mod orders;
+mod request_limit;
 mod throttle;
 
 pub use accounts::{log_in, register, Claim, LogInError, RegisterError, Registrations};
 pub use ledger::{balance, withdraw, withdrawals, WithdrawError, Withdrawn};
 pub use orders::{list_orders, upload_order, UploadOrderError, Uploaded};
+pub use request_limit::{Allowance, CustomerRequestLimit, Refusal, RequestLimitConfig};
 pub use throttle::{LoginThrottle, ThrottleConfig};

@@ -1,5 +1,7 @@
 //! Uploading order numbers and listing them.
 
+use std::num::NonZeroU32;
+
 use domain::{Order, OrderNumber, UserId};
 
 use crate::ports::{
@@ -22,25 +24,38 @@ pub enum Uploaded {
 pub enum UploadOrderError {
     #[error("the order number was uploaded by another user")]
     UploadedByAnotherUser,
+    #[error("{limit} of your orders are waiting for their points already; upload more once some are processed")]
+    TooManyPending { limit: NonZeroU32 },
     #[error(transparent)]
     Repository(#[from] RepositoryError),
 }
 
-/// Uploads an order number for the accrual system to reward.
+/// Uploads an order number for the accrual system to reward. With a `pending_limit`, a new
+/// number is refused while the user has that many orders that are not final yet, so that one
+/// customer cannot grow the accrual queue without bound; a number the user uploaded already
+/// is still answered as such.
 ///
 /// # Errors
-/// [`UploadOrderError::UploadedByAnotherUser`] when someone else owns the number.
-#[tracing::instrument(skip(orders, clock), fields(number = %number))]
+/// [`UploadOrderError::UploadedByAnotherUser`] when someone else owns the number,
+/// [`UploadOrderError::TooManyPending`] at the limit.
+#[tracing::instrument(skip(orders, clock, pending_limit), fields(number = %number))]
 pub async fn upload_order(
     orders: &dyn OrderRepository,
     clock: &dyn Clock,
     user: UserId,
     number: &OrderNumber,
+    pending_limit: Option<NonZeroU32>,
 ) -> Result<Uploaded, UploadOrderError> {
-    match orders.insert(user, number, clock.now()).await? {
+    match orders
+        .insert(user, number, clock.now(), pending_limit)
+        .await?
+    {
         InsertOrderOutcome::Inserted => Ok(Uploaded::Accepted),
         InsertOrderOutcome::AlreadyOwnedBySameUser => Ok(Uploaded::AlreadyUploadedByYou),
         InsertOrderOutcome::OwnedByAnotherUser => Err(UploadOrderError::UploadedByAnotherUser),
+        InsertOrderOutcome::PendingLimitReached => Err(UploadOrderError::TooManyPending {
+            limit: pending_limit.unwrap_or(NonZeroU32::MIN),
+        }),
     }
 }
 
@@ -88,10 +103,18 @@ mod tests {
                     .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
                     .single()
                     .expect("valid date")),
+                eq(NonZeroU32::new(1000)),
             )
             .times(1)
-            .returning(move |_, _, _| Ok(outcome));
-        upload_order(&orders, &clock(), UserId(1), &number()).await
+            .returning(move |_, _, _, _| Ok(outcome));
+        upload_order(
+            &orders,
+            &clock(),
+            UserId(1),
+            &number(),
+            NonZeroU32::new(1000),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -119,13 +142,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upload_is_refused_naming_the_limit_when_too_many_orders_are_pending() {
+        let result = upload_with(InsertOrderOutcome::PendingLimitReached).await;
+
+        assert!(matches!(
+            result,
+            Err(UploadOrderError::TooManyPending { limit }) if limit.get() == 1000
+        ));
+    }
+
+    #[tokio::test]
     async fn upload_passes_storage_failures_through() {
         let mut orders = MockOrderRepository::new();
         orders
             .expect_insert()
-            .returning(|_, _, _| Err(RepositoryError::Internal("boom".into())));
+            .returning(|_, _, _, _| Err(RepositoryError::Internal("boom".into())));
 
-        let result = upload_order(&orders, &clock(), UserId(1), &number()).await;
+        let result = upload_order(&orders, &clock(), UserId(1), &number(), None).await;
 
         assert!(matches!(result, Err(UploadOrderError::Repository(_))));
     }

@@ -1,17 +1,30 @@
-//! Sign-in throttling: after too many failed sign-ins for one login, or from one client
-//! address, within a window, further attempts are refused until the window ends, so that
-//! passwords cannot be guessed by brute force. The state is kept in memory, per instance.
+//! The sign-in throttle's policy. Failed sign-ins are counted by the [`SignInFailures`] port
+//! for the whole deployment (every instance, across restarts) under two keys, each within a
+//! window that starts at its first failure:
+//!
+//! - **a login from one client address**: guessing one customer's password from one place.
+//!   Past the limit that address is refused for that login until the window ends; the same
+//!   login from any other address is not, so an attacker cannot lock the owner out, and the
+//!   owner's own mistakes stop them for at most one window;
+//! - **a client address, whatever the login**: spraying a password over many logins. Past the
+//!   limit that address is refused for every login until the window ends; no other address is.
+//!
+//! No key counts a login over every address: such a limit would hand anyone the power to lock
+//! any customer out. Guessing from many addresses is bounded per address by both limits, and
+//! beyond that by the cost of each password check.
+//!
+//! [`SignInFailures`]: crate::ports::throttle::SignInFailures
 
-use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
+use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::ports::throttle::{FailureCount, RecentFailures};
 
 /// Limits of the throttle; a limit of 0 switches that key off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Failed sign-ins allowed for one login within the window.
+    /// Failed sign-ins allowed for one login from one client address within the window.
     pub max_failures_per_login: u32,
-    /// Failed sign-ins allowed from one client address within the window.
+    /// Failed sign-ins allowed from one client address, whatever the login, within the window.
     pub max_failures_per_address: u32,
     /// The window, counted from the first failure.
     pub window: Duration,
@@ -27,108 +40,51 @@ impl Default for ThrottleConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Login(String),
-    Address(IpAddr),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    started: Instant,
-    failures: u32,
-}
-
-/// Entries are pruned when the map grows past this many keys.
-const PRUNE_ABOVE: usize = 10_000;
-
-/// Counts failed sign-ins per login and per client address.
-#[derive(Debug)]
+/// Decides whether a sign-in attempt may go on, from the failures counted against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginThrottle {
     config: ThrottleConfig,
-    windows: Mutex<HashMap<Key, Window>>,
 }
 
 impl LoginThrottle {
     /// A throttle with the given limits.
     #[must_use]
     pub fn new(config: ThrottleConfig) -> Self {
-        Self {
-            config,
-            windows: Mutex::new(HashMap::new()),
-        }
+        Self { config }
     }
 
-    fn keys(&self, login: &str, address: Option<IpAddr>) -> Vec<(Key, u32)> {
-        let mut keys = Vec::with_capacity(2);
-        if self.config.max_failures_per_login > 0 {
-            keys.push((
-                Key::Login(login.to_owned()),
-                self.config.max_failures_per_login,
-            ));
-        }
-        if let (Some(address), true) = (address, self.config.max_failures_per_address > 0) {
-            keys.push((Key::Address(address), self.config.max_failures_per_address));
-        }
-        keys
+    /// The window failures are counted in.
+    #[must_use]
+    pub fn window(&self) -> Duration {
+        self.config.window
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Window>> {
-        self.windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Whether the throttle counts anything at all.
+    #[must_use]
+    pub fn is_on(&self) -> bool {
+        self.config.max_failures_per_login > 0 || self.config.max_failures_per_address > 0
     }
 
-    /// `Err(retry_after)` when an attempt for `login` from `address` must be refused now.
+    /// `Err(retry_after)` when an attempt with these failures against it must be refused.
     ///
     /// # Errors
     /// The time until the attempt may be made.
-    pub fn check(&self, login: &str, address: Option<IpAddr>) -> Result<(), Duration> {
-        let now = Instant::now();
-        let windows = self.lock();
-        let mut wait = Duration::ZERO;
-        for (key, limit) in self.keys(login, address) {
-            if let Some(window) = windows.get(&key) {
-                let ends = window.started + self.config.window;
-                if window.failures >= limit && ends > now {
-                    wait = wait.max(ends - now);
-                }
-            }
-        }
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(wait)
-        }
-    }
-
-    /// Counts a failed attempt.
-    pub fn record_failure(&self, login: &str, address: Option<IpAddr>) {
-        let now = Instant::now();
-        let keys = self.keys(login, address);
-        let mut windows = self.lock();
-        if windows.len() > PRUNE_ABOVE {
-            let window = self.config.window;
-            windows.retain(|_, w| w.started + window > now);
-        }
-        for (key, _) in keys {
-            let window = windows.entry(key).or_insert(Window {
-                started: now,
-                failures: 0,
-            });
-            if window.started + self.config.window <= now {
-                *window = Window {
-                    started: now,
-                    failures: 0,
-                };
-            }
-            window.failures = window.failures.saturating_add(1);
-        }
-    }
-
-    /// Forgets the failures of a login after a successful sign-in (the address keeps its count).
-    pub fn record_success(&self, login: &str) {
-        self.lock().remove(&Key::Login(login.to_owned()));
+    pub fn check(&self, failures: &RecentFailures) -> Result<(), Duration> {
+        let over = |count: &FailureCount, limit: u32| {
+            (limit > 0 && count.failures >= limit && !count.window_left.is_zero())
+                .then_some(count.window_left)
+        };
+        let wait = [
+            over(
+                &failures.login_from_address,
+                self.config.max_failures_per_login,
+            ),
+            over(&failures.address, self.config.max_failures_per_address),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        wait.map_or(Ok(()), Err)
     }
 }
 
@@ -144,73 +100,71 @@ mod tests {
         })
     }
 
-    fn address(last: u8) -> Option<IpAddr> {
-        Some(IpAddr::from([10, 0, 0, last]))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_login_is_refused_after_its_failures_until_the_window_ends() {
-        let throttle = throttle(3, 0);
-        for _ in 0..3 {
-            assert_eq!(throttle.check("alice", address(1)), Ok(()));
-            throttle.record_failure("alice", address(1));
+    fn count(failures: u32, left: u64) -> FailureCount {
+        FailureCount {
+            failures,
+            window_left: Duration::from_secs(left),
         }
-
-        assert_eq!(
-            throttle.check("alice", address(2)),
-            Err(Duration::from_secs(60))
-        );
-        assert_eq!(throttle.check("bob", address(1)), Ok(()));
-        tokio::time::advance(Duration::from_secs(45)).await;
-        assert_eq!(
-            throttle.check("alice", address(1)),
-            Err(Duration::from_secs(15))
-        );
-        tokio::time::advance(Duration::from_secs(15)).await;
-        assert_eq!(throttle.check("alice", address(1)), Ok(()));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_address_trying_many_logins_is_refused() {
-        let throttle = throttle(0, 4);
-        for i in 0..4 {
-            throttle.record_failure(&format!("user{i}"), address(7));
-        }
+    #[test]
+    fn a_login_from_an_address_is_refused_once_its_failures_reach_the_limit() {
+        let throttle = throttle(3, 50);
+        let below = RecentFailures {
+            login_from_address: count(2, 40),
+            address: count(2, 40),
+        };
+        let at = RecentFailures {
+            login_from_address: count(3, 40),
+            address: count(3, 40),
+        };
 
-        assert!(throttle.check("someone", address(7)).is_err());
-        assert_eq!(throttle.check("someone", address(8)), Ok(()));
-        assert_eq!(throttle.check("someone", None), Ok(()));
+        assert_eq!(throttle.check(&below), Ok(()));
+        assert_eq!(throttle.check(&at), Err(Duration::from_secs(40)));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_successful_sign_in_clears_the_logins_failures() {
-        let throttle = throttle(3, 0);
-        throttle.record_failure("alice", None);
-        throttle.record_failure("alice", None);
-        throttle.record_success("alice");
-        throttle.record_failure("alice", None);
-        throttle.record_failure("alice", None);
+    #[test]
+    fn an_address_is_refused_once_its_failures_over_every_login_reach_the_limit() {
+        let throttle = throttle(3, 4);
+        let failures = RecentFailures {
+            login_from_address: count(0, 0),
+            address: count(4, 25),
+        };
 
-        assert_eq!(throttle.check("alice", None), Ok(()));
+        assert_eq!(throttle.check(&failures), Err(Duration::from_secs(25)));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn failures_after_the_window_start_a_new_count() {
-        let throttle = throttle(2, 0);
-        throttle.record_failure("alice", None);
-        tokio::time::advance(Duration::from_secs(61)).await;
-        throttle.record_failure("alice", None);
+    #[test]
+    fn the_longer_wait_is_given_when_both_keys_refuse() {
+        let throttle = throttle(3, 4);
+        let failures = RecentFailures {
+            login_from_address: count(3, 10),
+            address: count(4, 30),
+        };
 
-        assert_eq!(throttle.check("alice", None), Ok(()));
+        assert_eq!(throttle.check(&failures), Err(Duration::from_secs(30)));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn zero_limits_switch_the_throttle_off() {
+    #[test]
+    fn a_count_whose_window_ended_refuses_nothing() {
+        let throttle = throttle(3, 4);
+        let failures = RecentFailures {
+            login_from_address: count(9, 0),
+            address: count(9, 0),
+        };
+
+        assert_eq!(throttle.check(&failures), Ok(()));
+    }
+
+    #[test]
+    fn zero_limits_switch_the_throttle_off() {
         let throttle = throttle(0, 0);
-        for _ in 0..100 {
-            throttle.record_failure("alice", address(1));
-        }
+        let failures = RecentFailures {
+            login_from_address: count(100, 60),
+            address: count(100, 60),
+        };
 
-        assert_eq!(throttle.check("alice", address(1)), Ok(()));
+        assert_eq!(throttle.check(&failures), Ok(()));
+        assert!(!throttle.is_on());
     }
 }

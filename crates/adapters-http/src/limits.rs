@@ -1,0 +1,114 @@
+//! Refusals by the abuse limits, as HTTP: each customer's request limit (429 with
+//! `Retry-After`), the IETF `RateLimit` and `RateLimit-Policy` fields on every answer to a
+//! customer (draft-ietf-httpapi-ratelimit-headers), and the kind of each refusal for the
+//! metrics.
+
+use actix_web::{
+    body::MessageBody,
+    dev::{Service, ServiceRequest, ServiceResponse},
+    http::header::{HeaderMap, HeaderName, HeaderValue},
+    Error, HttpMessage,
+};
+use application::use_cases::Allowance;
+
+/// The name of the policy in the `RateLimit` fields.
+const POLICY: &str = "customer";
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// What refused a request; put into the extensions of the answer for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Too many failed sign-ins for the login from the address, or from the address.
+    SignInThrottle,
+    /// The customer has as many orders pending as allowed.
+    PendingOrders,
+    /// The customer sent requests faster than their limit.
+    RequestLimit,
+}
+
+impl Refused {
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::SignInThrottle => "sign_in_throttle",
+            Self::PendingOrders => "pending_orders",
+            Self::RequestLimit => "request_limit",
+        }
+    }
+
+    /// Every kind, so that the metric shows each from the start.
+    pub(crate) const ALL: [Self; 3] = [
+        Self::SignInThrottle,
+        Self::PendingOrders,
+        Self::RequestLimit,
+    ];
+}
+
+/// Sets the `RateLimit` and `RateLimit-Policy` fields of an answer.
+pub(crate) fn insert_fields(headers: &mut HeaderMap, allowance: &Allowance) {
+    let policy = format!(
+        "\"{POLICY}\";q={};w={}",
+        allowance.quota, allowance.window_seconds
+    );
+    let state = format!(
+        "\"{POLICY}\";r={};t={}",
+        allowance.remaining, allowance.reset_seconds
+    );
+    for (name, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, state)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// The middleware, for `App::wrap_fn`: an answer to a request that the customer's limit
+/// counted carries the fields (a refusal sets them itself).
+pub(crate) fn rate_limit_fields<S, B>(
+    req: ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<B>, Error>> + 'static
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    S::Future: 'static,
+    B: MessageBody,
+{
+    let response = service.call(req);
+    async move {
+        let mut response = response.await?;
+        let allowance = response.request().extensions().get::<Allowance>().copied();
+        if let Some(allowance) = allowance {
+            insert_fields(response.headers_mut(), &allowance);
+        }
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fields_follow_the_drafts_structured_syntax() {
+        let mut headers = HeaderMap::new();
+        insert_fields(
+            &mut headers,
+            &Allowance {
+                quota: 200,
+                window_seconds: 2,
+                remaining: 150,
+                reset_seconds: 1,
+            },
+        );
+
+        assert_eq!(
+            headers.get("ratelimit-policy").expect("set"),
+            r#""customer";q=200;w=2"#
+        );
+        assert_eq!(
+            headers.get("ratelimit").expect("set"),
+            r#""customer";r=150;t=1"#
+        );
+    }
+}
