@@ -24,10 +24,12 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use domain::with_check_digit;
 use futures::{stream, StreamExt};
-use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use stats::OpStats;
 
+mod http1;
 mod probe;
+mod stats;
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", about = "Gophermart's benchmark driver")]
@@ -254,48 +256,6 @@ async fn prereg(
     Ok(started.elapsed())
 }
 
-/// Latency and answers of one kind of request.
-struct OpStats {
-    histogram: Histogram<u64>,
-    statuses: BTreeMap<String, u64>,
-    errors: u64,
-}
-
-impl OpStats {
-    fn new() -> anyhow::Result<Self> {
-        Ok(Self {
-            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-            statuses: BTreeMap::new(),
-            errors: 0,
-        })
-    }
-
-    fn record(&mut self, elapsed: Duration, status: Option<u16>, ok: bool) {
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.histogram.saturating_record(micros.max(1));
-        let key = status.map_or_else(|| "transport".to_owned(), |s| s.to_string());
-        *self.statuses.entry(key).or_default() += 1;
-        if !ok {
-            self.errors += 1;
-        }
-    }
-
-    fn summary(&self, seconds: f64) -> Value {
-        let ms = |q: f64| self.histogram.value_at_quantile(q) as f64 / 1000.0;
-        json!({
-            "requests": self.histogram.len(),
-            "rps": self.histogram.len() as f64 / seconds,
-            "errors": self.errors,
-            "statuses": self.statuses,
-            "p50_ms": ms(0.5),
-            "p99_ms": ms(0.99),
-            "p999_ms": ms(0.999),
-            "max_ms": self.histogram.max() as f64 / 1000.0,
-            "mean_ms": self.histogram.mean() / 1000.0,
-        })
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Op {
     Balance,
@@ -494,11 +454,7 @@ async fn mixed(
     let mut total = OpStats::new()?;
     for (op, s) in stats.iter() {
         ops.insert(op.name().to_owned(), s.summary(measured));
-        total.histogram.add(&s.histogram)?;
-        total.errors += s.errors;
-        for (k, v) in &s.statuses {
-            *total.statuses.entry(k.clone()).or_default() += v;
-        }
+        total.add(s)?;
     }
     let uploads = shared.next_upload.load(Ordering::Relaxed);
     Ok(json!({
