@@ -7,6 +7,8 @@
 //! - `stream`: uploads a paced stream of orders (the accrual pipeline measurements).
 //! - `probe`: balance reads that record every request's connection, start and duration, to
 //!   find which requests stalled and when (see `probe.rs`).
+//! - `flood`: quiet customers' reads alone and while one customer floods the service, in
+//!   turns (see `flood.rs`).
 //!
 //! Order numbers are `PREFIX`, a one-digit stream id, an 8-digit counter and the Luhn check
 //! digit: `bench/wrk/common.lua` builds the same numbers.
@@ -27,6 +29,7 @@ use futures::{stream, StreamExt};
 use serde_json::{json, Value};
 use stats::OpStats;
 
+mod flood;
 mod http1;
 mod probe;
 mod stats;
@@ -126,6 +129,37 @@ enum Command {
         #[arg(long, default_value_t = 50.0)]
         slow_ms: f64,
     },
+    /// Quiet customers (one per token of QUIET_TOKENS, one connection each) read their balance
+    /// and orders, in windows of SECONDS that take turns: alone, then while the customer of
+    /// FLOOD_TOKEN sends the same reads flat out over FLOOD_CONNECTIONS; ROUNDS pairs.
+    Flood {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        quiet_tokens: String,
+        #[arg(long)]
+        flood_token: String,
+        #[arg(long, default_value_t = 64)]
+        flood_connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Unmeasured seconds of quiet customers before the first window.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+    },
+}
+
+/// The tokens of a file, one a line.
+fn read_tokens(path: &str) -> anyhow::Result<Vec<String>> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The `k`-th order number of stream `stream` under `prefix`.
@@ -402,12 +436,7 @@ async fn mixed(
     prefix: String,
     numbers: u64,
 ) -> anyhow::Result<Value> {
-    let tokens: Vec<String> = std::fs::read_to_string(tokens)
-        .with_context(|| format!("reading {tokens}"))?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect();
+    let tokens = read_tokens(tokens)?;
     if tokens.is_empty() {
         bail!("no tokens");
     }
@@ -595,13 +624,30 @@ async fn main() -> anyhow::Result<()> {
             duration,
             slow_ms,
         } => {
-            let tokens = std::fs::read_to_string(&tokens)
-                .with_context(|| format!("reading {tokens}"))?
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect();
+            let tokens = read_tokens(&tokens)?;
             let result = probe::probe(&base, tokens, clients, duration, slow_ms).await?;
+            println!("{result}");
+            Ok(())
+        }
+        Command::Flood {
+            base,
+            quiet_tokens,
+            flood_token,
+            flood_connections,
+            seconds,
+            rounds,
+            warmup,
+        } => {
+            let result = flood::flood(flood::Settings {
+                base,
+                quiet_tokens: read_tokens(&quiet_tokens)?,
+                flood_token,
+                flood_connections,
+                seconds,
+                rounds,
+                warmup,
+            })
+            .await?;
             println!("{result}");
             Ok(())
         }

@@ -51,9 +51,26 @@ impl OpStats {
         Ok(())
     }
 
+    pub fn requests(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// Requests answered with `status` ("transport": not answered).
+    pub fn with_status(&self, status: &str) -> u64 {
+        self.statuses.get(status).copied().unwrap_or(0)
+    }
+
     /// The latency at quantile `q`, in milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         self.histogram.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Requests per second of each status over `seconds`.
+    pub fn rps_by_status(&self, seconds: f64) -> BTreeMap<String, f64> {
+        self.statuses
+            .iter()
+            .map(|(status, n)| (status.clone(), *n as f64 / seconds))
+            .collect()
     }
 
     /// The figures over `seconds`: requests, rates, errors, statuses, latency percentiles.
@@ -86,10 +103,24 @@ mod tests {
 
         a.add(&b).expect("same bounds");
 
-        assert_eq!(a.histogram.len(), 3);
+        assert_eq!(a.requests(), 3);
         assert_eq!(a.errors, 2);
-        assert_eq!(a.statuses.get("200"), Some(&1));
-        assert_eq!(a.statuses.get("429"), Some(&1));
-        assert_eq!(a.statuses.get("transport"), Some(&1));
+        assert_eq!(a.with_status("200"), 1);
+        assert_eq!(a.with_status("429"), 1);
+        assert_eq!(a.with_status("transport"), 1);
+    }
+
+    #[test]
+    fn rates_by_status_are_counts_over_the_seconds() {
+        let mut stats = OpStats::new().expect("bounds");
+        for _ in 0..4 {
+            stats.record(Duration::from_millis(1), Some(200), true);
+        }
+        stats.record(Duration::from_millis(1), Some(429), false);
+
+        let rates = stats.rps_by_status(2.0);
+
+        assert_eq!(rates.get("200"), Some(&2.0));
+        assert_eq!(rates.get("429"), Some(&0.5));
     }
 }
