@@ -167,6 +167,49 @@ def pooler_section(r):
     return out
 
 
+def flood_section(fl):
+    """The section "Flood: one customer against sixteen", from results["flood"] (bench/run.py's
+    flood phase), as a list of lines."""
+    out = []
+    w = out.append
+    times = lambda x: "–" if x is None else f"{x:.2f}"
+    w("### Flood: one customer against sixteen")
+    w("")
+    w(f"{fl['quiet_clients']} quiet customers (their own accounts, ten orders each; one connection "
+      f"each) read their balance and orders in turn, closed loop, in windows of "
+      f"{fl['window_seconds']:g} s: alone, then while one more customer sends the same reads flat out "
+      f"over {fl['flood_connections']} connections ignoring `Retry-After` (started "
+      f"{fl['ramp_seconds']:g} s before its window); windows in turns, alone then flood, "
+      f"{fl['rounds']} × (`loadgen flood`). "
+      f"Latencies in milliseconds; failures: answers other than 200 (204 for an empty orders list), "
+      f"429s included, and requests not answered.")
+    w("")
+    w("| window | quiet req/s | p50 | p99 | p99.9 | failures | flooder req/s | flooder by status |")
+    w("|---|---:|---:|---:|---:|---:|---:|---|")
+
+    def by_status(f):
+        return ", ".join(f"{status}: {fmt(rps, 0)}/s" for status, rps in f["rps_by_status"].items())
+
+    for i, window in enumerate(fl["windows"], 1):
+        q, f = window["quiet"], window["flooder"]
+        w(f"| {i}. {window['kind']} | {fmt(q['rps'], 0)} | {fmt(q['p50_ms'], 2)} | {fmt(q['p99_ms'], 2)} | "
+          f"{fmt(q['p999_ms'], 2)} | {q['errors']} | {fmt(f['rps'], 0) if f else '–'} | "
+          f"{by_status(f) if f else '–'} |")
+    a, d, f = fl["alone"], fl["flood"], fl["flooder"]
+    for label, q, flooder in (("**alone**", a, None), ("**during the flood**", d, f)):
+        w(f"| {label} | {fmt(q['rps'], 0)} | {fmt(q['p50_ms'], 2)} | {fmt(q['p99_ms'], 2)} | "
+          f"{fmt(q['p999_ms'], 2)} | {q['errors']} | {fmt(flooder['rps'], 0) if flooder else '–'} | "
+          f"{by_status(flooder) if flooder else '–'} |")
+    w("")
+    w(f"Quiet customers during the flood against alone: throughput **× {times(fl['throughput_ratio'])}** "
+      f"(target ≥ 0.8), p50 × {times(fl['p50_ratio'])}, p99 **× {times(fl['p99_ratio'])}** (target ≤ 2); "
+      f"429s to quiet customers: {fl['quiet_429']}. Connections opened: quiet "
+      f"{fl['quiet_connections_opened']}, flooder {fl['flood_connections_opened']}. Other load "
+      f"{fmt(fl.get('other_cores'), 2)} cores over the phase.")
+    w("")
+    return out
+
+
 def report(r):
     m = r["machine"]
     s = r["settings"]
@@ -398,6 +441,9 @@ def report(r):
           f"p99 {fz['p99_ms']:.2f} ms, max {fz['max_ms']:.0f} ms.")
         w("")
 
+    if "flood" in r:
+        out.extend(flood_section(r["flood"]))
+
     w("### Targets")
     w("")
     w("| target | measured | |")
@@ -444,6 +490,15 @@ def report(r):
         if "served_of_allowed" in lg:
             w(f"| sign-ins served during the storm ≥ 0.9 of what the hasher allows | "
               f"{lg['served_of_allowed']:.2f} | {mark(lg['served_of_allowed'] >= 0.9)} |")
+    if "flood" in r:
+        fl = r["flood"]
+        if fl.get("throughput_ratio") is not None:
+            w(f"| quiet customers' throughput during a flood ≥ 0.8 × alone | {fl['throughput_ratio']:.2f} | "
+              f"{mark(fl['throughput_ratio'] >= 0.8)} |")
+        if fl.get("p99_ratio") is not None:
+            w(f"| quiet customers' p99 during a flood ≤ 2 × alone | {fl['p99_ratio']:.2f} | "
+              f"{mark(fl['p99_ratio'] <= 2)} |")
+        w(f"| quiet customers never refused (no 429) | {fl['quiet_429']} | {mark(fl['quiet_429'] == 0)} |")
     if "freeze" in r:
         fz = r["freeze"]
         # actix hands new connections to its workers in turn: a worker serves clients / workers.

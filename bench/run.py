@@ -24,16 +24,19 @@ Phases, in order (see docs/benchmarks.md for what each figure means):
   7. login storm: balance latency while sign-ins (bcrypt cost 12) run flat out;
   7b. frozen worker: one HTTP worker thread frozen for a second while balance reads run, to see
      that only the requests of that worker wait (needs cgroup v1's freezer, as root);
+  7c. flood: 16 quiet customers' reads alone and while one customer floods the same reads over
+     64 connections, in turns (crates/loadgen, `loadgen flood`);
   8. accrual rate limit: orders completed per minute under a limit of N per minute, and 429s.
 
 Settings (environment): BENCH_DURATION (s per point, 5), BENCH_WARMUP (s, 1), BENCH_LEVELS
 ("1,16,64,256"), BENCH_RATE_LIMIT (N per minute, 120), BENCH_RATE_SECONDS (180),
 BENCH_RATE_INSTANCES (3, sharing the limit), BENCH_STORM_SECONDS (10), BENCH_MIXED_SECONDS (10), BENCH_PIPELINE_RATE (per s, 50),
-BENCH_PIPELINE_COUNT (500), BENCH_USERS (per set, 1000), BENCH_BIN_DIR (target/release),
+BENCH_PIPELINE_COUNT (500), BENCH_FLOOD_SECONDS (s per window, 10), BENCH_FLOOD_ROUNDS (pairs of
+windows, alone then flood, 2), BENCH_USERS (per set, 1000), BENCH_BIN_DIR (target/release),
 BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gophermart, the
 baseline's included), BENCH_SKIP (comma-separated phases to skip: grid, baseline, ceiling,
-mixed, pipeline, storm, freeze, drain, ratelimit, pooler; storm leaves out the baseline's storms
-too),
+mixed, pipeline, storm, freeze, flood, drain, ratelimit, pooler; storm leaves out the baseline's
+storms too),
 BENCH_DRAIN_COUNT (the drain phase's backlog, 50000).
 Before and after: BENCH_BASELINE_BIN_DIR (the baseline build's binaries; only its gophermart
 is used), BENCH_BASELINE_LABEL (its name in the report; default the folder),
@@ -101,6 +104,12 @@ STORM_HASH_SAMPLES = 7
 FREEZE_CLIENTS = 16
 FREEZE_SECONDS = 1.0
 FREEZER = "/sys/fs/cgroup/freezer"
+# Phase "flood": quiet customers (read users, one connection each) alone and while one other
+# read user floods over FLOOD_CONNECTIONS, in windows of FLOOD_SECONDS, FLOOD_ROUNDS pairs.
+FLOOD_SECONDS = float(os.environ.get("BENCH_FLOOD_SECONDS", "10"))
+FLOOD_ROUNDS = int(os.environ.get("BENCH_FLOOD_ROUNDS", "2"))
+FLOOD_QUIET = 16
+FLOOD_CONNECTIONS = 64
 
 # The endpoints of the grid: wrk script, tokens set, pgbench script.
 ENDPOINTS = [
@@ -1120,6 +1129,49 @@ def frozen_worker(accrual, tokens):
     return figures
 
 
+def flood(accrual, tokens, results):
+    """FLOOD_QUIET quiet customers (read users: their own accounts, ten orders and a balance
+    each; one connection each) read their balance and orders on a fresh instance, in windows
+    that take turns: alone, then while one more read user sends the same reads flat out over
+    FLOOD_CONNECTIONS connections, ignoring Retry-After (`loadgen flood`). The quiet customers'
+    throughput and p99 during the flood are compared with alone; the flooder's answers are
+    counted by status, and a 429 to a quiet customer is a failure."""
+    with open(tokens["read"]) as f:
+        read = [line.strip() for line in f if line.strip()]
+    if len(read) <= FLOOD_QUIET:
+        log(f"flood: skipped (needs {FLOOD_QUIET + 1} read users, BENCH_USERS={USERS})")
+        return
+    quiet = os.path.join(OUT, "tokens-flood-quiet.txt")
+    with open(quiet, "w") as f:
+        f.write("\n".join(read[:FLOOD_QUIET]) + "\n")
+    gm = Gophermart(accrual.url, log_name="gophermart-flood")
+    try:
+        cpu = CpuMeter(gm.proc.pid, accrual.proc.pid)
+        cpu.start()
+        result = loadgen("flood", "--base", gm.url, "--quiet-tokens", quiet,
+                         "--flood-token", read[FLOOD_QUIET],
+                         "--flood-connections", FLOOD_CONNECTIONS, "--seconds", FLOOD_SECONDS,
+                         "--rounds", FLOOD_ROUNDS, "--warmup", max(1, WARMUP))
+        result["cpu_seconds"] = cpu.stop()
+        result["other_cores"] = round(other_cores(result), 3)
+        result["peak_rss_kb"] = gm.peak_rss_kb()
+    finally:
+        gm.stop()
+    results["flood"] = result
+    for i, window in enumerate(result["windows"], 1):
+        q = window["quiet"]
+        log(f"flood: window {i} {window['kind']:5} quiet {q['rps']:6.0f} req/s  p50 {q['p50_ms']:.2f} ms  "
+            f"p99 {q['p99_ms']:.2f} ms  failures {q['errors']}"
+            + (f"; flooder {window['flooder']['rps']:.0f} req/s" if window["flooder"] else ""))
+    alone, during, flooder = result["alone"], result["flood"], result["flooder"]
+    by_status = ", ".join(f"{status} {rps:.0f}/s" for status, rps in flooder["rps_by_status"].items())
+    times = lambda x: "–" if x is None else f"x{x:.2f}"
+    log(f"flood: quiet {alone['rps']:.0f} req/s alone, {during['rps']:.0f} during the flood "
+        f"({times(result['throughput_ratio'])}); p99 {alone['p99_ms']:.2f} -> {during['p99_ms']:.2f} ms "
+        f"({times(result['p99_ratio'])}); quiet failures {alone['errors'] + during['errors']} "
+        f"(429: {result['quiet_429']}); flooder {by_status}")
+
+
 def clear_queue_leftovers(phase):
     """Removes queue entries that earlier phases left (orders the accrual system did not know),
     which would otherwise take the worker's requests in `phase`; says how many there were."""
@@ -1217,6 +1269,7 @@ def main():
         "rate_limit_per_minute": RATE_N, "rate_window_s": RATE_SECONDS,
         "storm_s": STORM_SECONDS, "mixed_s": MIXED_SECONDS, "mixed_clients": MIXED_CLIENTS,
         "pipeline_rate_per_s": PIPELINE_RATE, "pipeline_orders": PIPELINE_COUNT,
+        "flood_window_s": FLOOD_SECONDS, "flood_rounds": FLOOD_ROUNDS,
         "gophermart_flags": "defaults (pool 16, one HTTP worker per core, bcrypt cost 12, RUST_LOG unset = info)"
                             + (f"; plus {' '.join(EXTRA_FLAGS)}" if EXTRA_FLAGS else ""),
         "binaries": BIN,
@@ -1285,6 +1338,8 @@ def main():
             frozen = frozen_worker(accrual, tokens)
             if frozen:
                 results["freeze"] = frozen
+        if "flood" not in SKIP:
+            flood(accrual, tokens, results)
         if "drain" not in SKIP:
             drain(accrual, ids, results)
     finally:

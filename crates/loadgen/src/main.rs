@@ -7,6 +7,8 @@
 //! - `stream`: uploads a paced stream of orders (the accrual pipeline measurements).
 //! - `probe`: balance reads that record every request's connection, start and duration, to
 //!   find which requests stalled and when (see `probe.rs`).
+//! - `flood`: quiet customers' reads alone and while one customer floods the service, in
+//!   turns (see `flood.rs`).
 //!
 //! Order numbers are `PREFIX`, a one-digit stream id, an 8-digit counter and the Luhn check
 //! digit: `bench/wrk/common.lua` builds the same numbers.
@@ -24,10 +26,13 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use domain::with_check_digit;
 use futures::{stream, StreamExt};
-use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use stats::OpStats;
 
+mod flood;
+mod http1;
 mod probe;
+mod stats;
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", about = "Gophermart's benchmark driver")]
@@ -124,6 +129,37 @@ enum Command {
         #[arg(long, default_value_t = 50.0)]
         slow_ms: f64,
     },
+    /// Quiet customers (one per token of QUIET_TOKENS, one connection each) read their balance
+    /// and orders, in windows of SECONDS that take turns: alone, then while the customer of
+    /// FLOOD_TOKEN sends the same reads flat out over FLOOD_CONNECTIONS; ROUNDS pairs.
+    Flood {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        quiet_tokens: String,
+        #[arg(long)]
+        flood_token: String,
+        #[arg(long, default_value_t = 64)]
+        flood_connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Unmeasured seconds of quiet customers before the first window.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+    },
+}
+
+/// The tokens of a file, one a line.
+fn read_tokens(path: &str) -> anyhow::Result<Vec<String>> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The `k`-th order number of stream `stream` under `prefix`.
@@ -252,48 +288,6 @@ async fn prereg(
         bail!("{failures} of {total} purchases could not be registered");
     }
     Ok(started.elapsed())
-}
-
-/// Latency and answers of one kind of request.
-struct OpStats {
-    histogram: Histogram<u64>,
-    statuses: BTreeMap<String, u64>,
-    errors: u64,
-}
-
-impl OpStats {
-    fn new() -> anyhow::Result<Self> {
-        Ok(Self {
-            histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-            statuses: BTreeMap::new(),
-            errors: 0,
-        })
-    }
-
-    fn record(&mut self, elapsed: Duration, status: Option<u16>, ok: bool) {
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.histogram.saturating_record(micros.max(1));
-        let key = status.map_or_else(|| "transport".to_owned(), |s| s.to_string());
-        *self.statuses.entry(key).or_default() += 1;
-        if !ok {
-            self.errors += 1;
-        }
-    }
-
-    fn summary(&self, seconds: f64) -> Value {
-        let ms = |q: f64| self.histogram.value_at_quantile(q) as f64 / 1000.0;
-        json!({
-            "requests": self.histogram.len(),
-            "rps": self.histogram.len() as f64 / seconds,
-            "errors": self.errors,
-            "statuses": self.statuses,
-            "p50_ms": ms(0.5),
-            "p99_ms": ms(0.99),
-            "p999_ms": ms(0.999),
-            "max_ms": self.histogram.max() as f64 / 1000.0,
-            "mean_ms": self.histogram.mean() / 1000.0,
-        })
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -442,12 +436,7 @@ async fn mixed(
     prefix: String,
     numbers: u64,
 ) -> anyhow::Result<Value> {
-    let tokens: Vec<String> = std::fs::read_to_string(tokens)
-        .with_context(|| format!("reading {tokens}"))?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect();
+    let tokens = read_tokens(tokens)?;
     if tokens.is_empty() {
         bail!("no tokens");
     }
@@ -494,11 +483,7 @@ async fn mixed(
     let mut total = OpStats::new()?;
     for (op, s) in stats.iter() {
         ops.insert(op.name().to_owned(), s.summary(measured));
-        total.histogram.add(&s.histogram)?;
-        total.errors += s.errors;
-        for (k, v) in &s.statuses {
-            *total.statuses.entry(k.clone()).or_default() += v;
-        }
+        total.add(s)?;
     }
     let uploads = shared.next_upload.load(Ordering::Relaxed);
     Ok(json!({
@@ -639,13 +624,30 @@ async fn main() -> anyhow::Result<()> {
             duration,
             slow_ms,
         } => {
-            let tokens = std::fs::read_to_string(&tokens)
-                .with_context(|| format!("reading {tokens}"))?
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect();
+            let tokens = read_tokens(&tokens)?;
             let result = probe::probe(&base, tokens, clients, duration, slow_ms).await?;
+            println!("{result}");
+            Ok(())
+        }
+        Command::Flood {
+            base,
+            quiet_tokens,
+            flood_token,
+            flood_connections,
+            seconds,
+            rounds,
+            warmup,
+        } => {
+            let result = flood::flood(flood::Settings {
+                base,
+                quiet_tokens: read_tokens(&quiet_tokens)?,
+                flood_token,
+                flood_connections,
+                seconds,
+                rounds,
+                warmup,
+            })
+            .await?;
             println!("{result}");
             Ok(())
         }

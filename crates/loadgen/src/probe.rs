@@ -3,18 +3,17 @@
 //! long it took) so that stalled requests can be told apart: one connection or all of them,
 //! at one moment or spread out, and whether a connection was closed and opened again.
 //!
-//! HTTP/1.1 is spoken by hand over a `TcpStream` so that the connection a request went over is
-//! known (a pooling client would hide it), as wrk does it.
+//! HTTP/1.1 is spoken by hand (`http1.rs`) so that the connection a request went over is
+//! known (a pooling client would hide it).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use crate::http1;
 
 /// One request as the client saw it.
 #[derive(Debug, Clone, Copy)]
@@ -49,11 +48,7 @@ pub async fn probe(
     seconds: f64,
     slow_ms: f64,
 ) -> anyhow::Result<Value> {
-    let address = base
-        .strip_prefix("http://")
-        .context("the base address must be http://host:port")?
-        .trim_end_matches('/')
-        .to_owned();
+    let address = http1::address(base)?;
     if tokens.is_empty() {
         bail!("no tokens");
     }
@@ -103,14 +98,12 @@ async fn run_client(
         while Instant::now() < until {
             let token = &tokens[next % tokens.len()];
             next += 1;
-            let request = format!(
-                "GET /api/user/balance HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
-            );
+            let request = http1::get(address, "/api/user/balance", token);
             let sent = Instant::now();
             if stream.write_all(request.as_bytes()).await.is_err() {
                 continue 'connection;
             }
-            let Some(status) = read_response(&mut stream, &mut buffer).await? else {
+            let Some(status) = http1::read_response(&mut stream, &mut buffer).await? else {
                 continue 'connection;
             };
             samples.push(Sample {
@@ -123,49 +116,6 @@ async fn run_client(
         }
     }
     Ok((samples, connects))
-}
-
-/// Reads one response with a `Content-Length` body; `None` when the server closed the
-/// connection first.
-async fn read_response(
-    stream: &mut TcpStream,
-    buffer: &mut Vec<u8>,
-) -> anyhow::Result<Option<u16>> {
-    buffer.clear();
-    let mut chunk = [0_u8; 4096];
-    loop {
-        if let Some(end) = find(buffer, b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buffer[..end]).context("a response head")?;
-            let status: u16 = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .context("a status line")?;
-            let length: usize = head
-                .lines()
-                .filter_map(|line| line.split_once(':'))
-                .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, value)| value.trim().parse().ok())
-                .context("a Content-Length")?;
-            while buffer.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                buffer.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(Some(status));
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn millis(d: Duration) -> f64 {
