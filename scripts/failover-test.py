@@ -265,11 +265,15 @@ def main():
             audit, audit_output = instance.audit()
             lines, log_at = warnings(instance.log.name, log_at)
             fives = sum(n for (_, status), n in answered.items() if status == 500)
+            acknowledged = sum(
+                n for (kind, status), n in answered.items() if (kind, status) in (("upload", 200), ("upload", 202), ("withdraw", 200))
+            )
             restarted = instance.process.poll() is not None
             print(
                 f"{name}: {what} ({ended - started:.1f} s); primary {old.name} -> {primary_of(nodes).name}; "
                 f"answers {dict(sorted((f'{k} {s}', n) for (k, s), n in answered.items()))}; "
-                f"500s {fives}; acknowledged so far {uploads} uploads ({lost_uploads} lost), "
+                f"500s {fives}; writes acknowledged {acknowledged}; "
+                f"acknowledged so far {uploads} uploads ({lost_uploads} lost), "
                 f"{withdrawals} withdrawals ({lost_withdrawals} lost); balances "
                 f"{'right' if not wrong else 'WRONG'}; audit exit {audit}; recovery {recovery}; "
                 f"longest request {max(longest, waiting):.2f} s; WARN+ log lines {len(lines)}",
