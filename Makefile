@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: pooled-tests pooler-experiment switchover-experiment run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short
+.PHONY: pooled-tests pooler-experiment switchover-experiment failover-test debug-bins run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short
 
 help:
 	@echo "make run    - PostgreSQL (throwaway unless DATABASE_URI is set), accrual on :8081, gophermart on :8080"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-browser - the Swagger UI page in headless Chromium (installs it when root)"
 	@echo "make chaos  - three instances, accrual faults and SIGKILLs for CHAOS_SECONDS (180), then the ledger audit"
 	@echo "make switchover-experiment - planned switchovers under pg_auto_failover while customers write (release build)"
+	@echo "make failover-test - crash, rejoin, switchover and silent primary under pg_auto_failover while customers write (debug build; part of make test)"
 
 build:
 	$(CARGO) build --release --bins
@@ -43,7 +44,7 @@ lint:
 unit-tests:
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast
 
-test: check-tools fmt-check lint unit-tests pooled-tests test-browser-tmp fuzz-short
+test: check-tools fmt-check lint unit-tests pooled-tests failover-test test-browser-tmp fuzz-short
 
 # The end-to-end tests again through PgBouncer in transaction pooling mode (four server
 # connections per database, fewer than the instances' clients), with unnamed statements:
@@ -70,6 +71,22 @@ pooler-experiment: build
 # acknowledged write that is missing afterwards, a 500 or a failed ledger audit.
 switchover-experiment: build
 	scripts/with-auto-failover.sh python3 scripts/switchover-experiment.py
+
+# Four failures of the primary in one throwaway pg_auto_failover formation, while 8 customers
+# upload, withdraw and read through one debug instance (scripts/failover-test.py): a crash
+# (every process of the node killed), the crashed node rejoining, a planned switchover, and a
+# silent primary (its processes stopped with SIGSTOP until the monitor has failed over). Fails on a
+# 500, a lost acknowledged write, a wrong balance, a failed ledger audit or a request held longer
+# than DATABASE_TIMEOUT_MS + DATABASE_STATEMENT_TIMEOUT_MS + 1.5 s. About a minute and a half
+# with the formation's set-up, on 2 cores.
+failover-test: debug-bins
+	BIN=target/debug scripts/with-auto-failover.sh python3 scripts/failover-test.py
+
+# The debug binaries the failover test runs (target/debug/gophermart and accrual), built as
+# `unit-tests` builds them for the API tests, with the same features: within `make test` cargo
+# finds nothing to do (`cargo build --bins` would resolve other features and build again).
+debug-bins:
+	$(CARGO) test --workspace --no-run
 
 # The API page in headless Chromium, refreshing docs/screenshots/swagger-ui.png; `make test`
 # runs it with its screenshot in /tmp. Either installs Debian's chromium, nodejs and npm when

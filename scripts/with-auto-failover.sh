@@ -14,7 +14,15 @@
 #                         whichever node is primary serves it
 #   AUTOFAILOVER_NODE1_URI, AUTOFAILOVER_NODE2_URI   each node alone
 #   AUTOFAILOVER_CTL      a script: `$AUTOFAILOVER_CTL switchover` (a planned switchover,
-#                         waiting until it is done), `$AUTOFAILOVER_CTL state` (the nodes)
+#                         waiting until it is done), `$AUTOFAILOVER_CTL state` (the nodes),
+#                         `$AUTOFAILOVER_CTL run NODE` (starts `pg_autoctl run` again for a
+#                         node whose processes were killed, in the background, ended with the
+#                         others), `$AUTOFAILOVER_CTL pg COMMAND...` (as `postgres`)
+#   AUTOFAILOVER_DIR      the folder: the nodes' data directories are $AUTOFAILOVER_DIR/node1
+#                         and $AUTOFAILOVER_DIR/node2
+#
+# A test may stop (SIGSTOP) or kill any of the formation's processes: on exit every process of
+# the formation is continued first, then ended.
 #
 # Usage: scripts/with-auto-failover.sh COMMAND [ARGS...]
 set -euo pipefail
@@ -68,8 +76,13 @@ as_pg() {
 case "\${1:-}" in
     switchover) as_pg pg_autoctl perform switchover --monitor "$monitor_uri" --wait 120 ;;
     state) as_pg pg_autoctl show state --monitor "$monitor_uri" ;;
+    run)
+        # In a process group of its own, like the first start, recorded for the clean-up.
+        setsid "\$0" pg pg_autoctl run --pgdata "$dir/\$2" </dev/null >>"$dir/autoctl.log" 2>&1 &
+        echo "\$!" >>"$dir/groups"
+        ;;
     pg) shift; as_pg "\$@" ;;
-    *) echo "usage: \$0 switchover|state|pg COMMAND..." >&2; exit 2 ;;
+    *) echo "usage: \$0 switchover|state|run NODE|pg COMMAND..." >&2; exit 2 ;;
 esac
 EOF
 chmod 755 "$ctl"
@@ -77,7 +90,19 @@ chmod 755 "$ctl"
 
 groups=()
 stop_all() {
-    local group
+    local group proc
+    [[ -f "$dir/groups" ]] && mapfile -t -O "${#groups[@]}" groups <"$dir/groups"
+    # A stopped process ends only once continued: continue the pg_autoctl groups and every
+    # PostgreSQL process (a server's processes work in its data directory, each in a process
+    # group of its own).
+    for group in "${groups[@]}"; do
+        kill -CONT -- "-$group" 2>/dev/null || true
+    done
+    for proc in /proc/[0-9]*; do
+        case "$(readlink "$proc/cwd" 2>/dev/null)" in
+            "$dir"/*) kill -CONT "${proc#/proc/}" 2>/dev/null || true ;;
+        esac
+    done
     # Each pg_autoctl runs in a process group of its own with the servers it starts: end the
     # groups, then whatever is left of this folder's servers.
     for group in "${groups[@]}"; do
@@ -91,6 +116,11 @@ stop_all() {
         kill -KILL -- "-$group" 2>/dev/null || true
     done
     pkill -KILL -f "$dir/" 2>/dev/null || true
+    for proc in /proc/[0-9]*; do
+        case "$(readlink "$proc/cwd" 2>/dev/null)" in
+            "$dir"/*) kill -KILL "${proc#/proc/}" 2>/dev/null || true ;;
+        esac
+    done
     rm -rf "$dir"
 }
 trap stop_all EXIT
@@ -149,6 +179,7 @@ export DATABASE_URI="postgres://postgres@127.0.0.1:$node1_port,127.0.0.1:$node2_
 export AUTOFAILOVER_NODE1_URI="postgres://postgres@127.0.0.1:$node1_port/gophermart"
 export AUTOFAILOVER_NODE2_URI="postgres://postgres@127.0.0.1:$node2_port/gophermart"
 export AUTOFAILOVER_CTL="$ctl"
+export AUTOFAILOVER_DIR="$dir"
 echo "with-auto-failover: monitor on :$monitor_port, nodes on :$node1_port (primary) and :$node2_port" >&2
 set +e
 "$@"

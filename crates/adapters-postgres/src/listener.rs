@@ -10,8 +10,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use diesel::sql_types::Text;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::{sql_types::Text, ConnectionError, ConnectionResult};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,15 @@ pub const GATE_CHANNEL: &str = "gophermart_accrual_gate";
 
 /// The shortest time between two announcements.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// TCP keepalives of the listening session when its URI sets none, the same as the pool's
+/// connections have (`connection.rs`): the session is idle between notifications, and with the
+/// operating system's default (two hours) a server that went silent (a network partition)
+/// would hold it, and hide other instances' orders but for polling, until then. With these it
+/// is found dead in about 16 s and opened again, on whichever node is primary then.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVES_RETRIES: u32 = 3;
 
 prepared_statement! {
     /// Sends a notification.
@@ -114,7 +123,7 @@ pub async fn listen_for_notifications(url: String, wakes: Wakes, stop: Cancellat
     loop {
         let listening = std::sync::atomic::AtomicBool::new(false);
         let session = async {
-            let mut conn = AsyncPgConnection::establish(&url).await?;
+            let mut conn = open(&url).await?;
             for channel in [QUEUE_CHANNEL, GATE_CHANNEL] {
                 diesel::sql_query(format!("LISTEN {channel}"))
                     .execute(&mut conn)
@@ -159,5 +168,65 @@ pub async fn listen_for_notifications(url: String, wakes: Wakes, stop: Cancellat
             () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Opens the listening session: diesel-async's connection, over a socket with the keepalives
+/// of [`session_config`].
+async fn open(url: &str) -> ConnectionResult<AsyncPgConnection> {
+    let (client, connection) = session_config(url)?
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection).await
+}
+
+/// The listening session's configuration: `url`'s, with [`KEEPALIVES_IDLE`],
+/// [`KEEPALIVES_INTERVAL`] and [`KEEPALIVES_RETRIES`] unless the URI sets keepalives itself.
+fn session_config(url: &str) -> ConnectionResult<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| ConnectionError::InvalidConnectionUrl(e.to_string()))?;
+    if config.get_keepalives() && config.get_keepalives_idle() == Duration::from_secs(7200) {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVES_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(KEEPALIVES_RETRIES);
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_finds_a_silent_server_dead_as_the_pool_does() {
+        let config = session_config("postgres://u@node1:5432,node2:5432/db").expect("valid URI");
+
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+    }
+
+    #[test]
+    fn keepalives_set_in_the_uri_are_kept() {
+        let config = session_config("postgres://u@h/db?keepalives_idle=30&keepalives_retries=9")
+            .expect("valid URI");
+
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(config.get_keepalives_retries(), Some(9));
+    }
+
+    #[test]
+    fn keepalives_switched_off_in_the_uri_stay_off() {
+        let config = session_config("postgres://u@h/db?keepalives=0").expect("valid URI");
+
+        assert!(!config.get_keepalives());
+        assert_eq!(config.get_keepalives_interval(), None);
     }
 }
