@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: pooled-tests pooler-experiment switchover-experiment failover-test debug-bins run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short
+.PHONY: pooled-tests pooler-experiment abuse-experiment switchover-experiment failover-test debug-bins run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short
 
 help:
 	@echo "make run    - PostgreSQL (throwaway unless DATABASE_URI is set), accrual on :8081, gophermart on :8080"
@@ -13,6 +13,7 @@ help:
 	@echo "make fmt    - format the code"
 	@echo "make test-browser - the Swagger UI page in headless Chromium (installs it when root)"
 	@echo "make chaos  - three instances, accrual faults and SIGKILLs for CHAOS_SECONDS (180), then the ledger audit"
+	@echo "make abuse-experiment - brute force, a proxy's clients and a hoarding customer against three instances (release build)"
 	@echo "make switchover-experiment - planned switchovers under pg_auto_failover while customers write (release build)"
 	@echo "make failover-test - crash, rejoin, switchover and silent primary under pg_auto_failover while customers write (debug build; part of make test)"
 
@@ -63,6 +64,13 @@ pooled-tests:
 # statements.
 pooler-experiment: build
 	PGBOUNCER_POOL_SIZE=4 scripts/with-postgres.sh scripts/with-pgbouncer.sh python3 scripts/pooler-experiment.py
+
+# The abuse limits met as an attacker would meet them (scripts/abuse-experiment.py): three
+# release instances behind a trusted proxy on one throwaway PostgreSQL; a brute force through
+# one and three instances, 60 failures from one client beside 20 other clients, one customer
+# uploading 10,000 unknown numbers.
+abuse-experiment: build
+	scripts/with-postgres.sh python3 scripts/abuse-experiment.py
 
 # Planned switchovers of the database's primary under load: a throwaway pg_auto_failover
 # formation (a monitor and two nodes with synchronous replication; scripts/with-auto-failover.sh
