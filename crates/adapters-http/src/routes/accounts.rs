@@ -234,7 +234,7 @@ pub async fn register(
             headers(("WWW-Authenticate" = String, description = "`Bearer`")),
             example = json!({"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "wrong login or password"})),
         (status = 413, response = PayloadTooLarge),
-        (status = 429, description = "Too many failed sign-ins for this login or from this address.",
+        (status = 429, description = "Too many failed sign-ins for this login from this client address, or from this client address whatever the login, within the throttle window (counted for every instance together); other addresses are not refused.",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again.")),
             example = json!({"type": "about:blank", "title": "Too Many Requests", "status": 429, "detail": "too many failed sign-ins; try again in 300 s"})),
