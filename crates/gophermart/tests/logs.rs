@@ -62,8 +62,10 @@ async fn secrets_passwords_and_tokens_never_appear_in_the_logs() {
         .expect("token")
         .to_owned();
     let wrong = json!({"login": "logged", "password": "wrong-password-5eed"});
+    // A client that is not a trusted proxy cannot choose the address the logs give it.
     client
         .post(format!("{base}/api/user/login"))
+        .header("x-forwarded-for", "198.51.100.99")
         .json(&wrong)
         .send()
         .await
@@ -114,6 +116,14 @@ async fn secrets_passwords_and_tokens_never_appear_in_the_logs() {
     ] {
         assert!(!logs.contains(secret), "{secret:?} appears in the logs");
     }
+    assert!(
+        logs.contains(r#""http.client_ip":"127.0.0.1""#),
+        "requests are logged with the connection's address"
+    );
+    assert!(
+        !logs.contains("198.51.100.99"),
+        "a forged X-Forwarded-For reached the logs"
+    );
     // Not even a token's signature, which would let a reader replay part of it.
     let signature = token.rsplit('.').next().expect("signature");
     assert!(!logs.contains(signature));
