@@ -6,6 +6,7 @@ mod attacks;
 mod auth;
 mod bad_input;
 mod balance;
+mod conditional;
 mod encoding;
 mod operability;
 mod orders;

@@ -5,6 +5,7 @@
 
 mod auth;
 pub mod client_address;
+pub mod conditional;
 mod limits;
 mod metrics;
 pub mod openapi;

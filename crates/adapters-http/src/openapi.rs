@@ -426,11 +426,11 @@ mod tests {
             ),
             (
                 ("get", "/api/user/orders"),
-                [&["200", "204"][..], &authenticated].concat(),
+                [&["200", "204", "304", "400"][..], &authenticated].concat(),
             ),
             (
                 ("get", "/api/user/balance"),
-                [&["200"][..], &authenticated].concat(),
+                [&["200", "304"][..], &authenticated].concat(),
             ),
             (
                 ("post", "/api/user/balance/withdraw"),
@@ -442,7 +442,7 @@ mod tests {
             ),
             (
                 ("get", "/api/user/withdrawals"),
-                [&["200", "204"][..], &authenticated].concat(),
+                [&["200", "204", "304", "400"][..], &authenticated].concat(),
             ),
         ]);
         let document = document();

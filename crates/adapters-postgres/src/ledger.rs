@@ -6,7 +6,10 @@
 //! the whole statement, debit included.
 
 use application::{
-    ports::ledger::{LedgerRepository, WithdrawOutcome},
+    ports::{
+        ledger::{LedgerRepository, WithdrawOutcome},
+        Page, PageRequest,
+    },
     RepositoryError,
 };
 use async_trait::async_trait;
@@ -126,5 +129,42 @@ impl LedgerRepository for PgStore {
             .await
             .map_err(from_diesel)?;
         rows.into_iter().map(Withdrawal::try_from).collect()
+    }
+
+    async fn withdrawals_page(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<Withdrawal>, RepositoryError> {
+        let mut conn = self.conn().await?;
+        let mut query = withdrawals::table
+            .filter(withdrawals::user_id.eq(user.0))
+            .order((withdrawals::processed_at.desc(), withdrawals::id.desc()))
+            .select((
+                withdrawals::id,
+                (
+                    withdrawals::order_number,
+                    withdrawals::sum,
+                    withdrawals::processed_at,
+                ),
+            ))
+            .limit(i64::from(page.limit.get()) + 1)
+            .into_boxed();
+        if let Some(before) = page.before {
+            query = query.filter(
+                withdrawals::processed_at
+                    .lt(before.at)
+                    .or(withdrawals::processed_at
+                        .eq(before.at)
+                        .and(withdrawals::id.lt(before.id))),
+            );
+        }
+        let rows: Vec<(i64, WithdrawalRow)> = query.load(&mut conn).await.map_err(from_diesel)?;
+        crate::models::page(
+            rows,
+            page.limit,
+            |row| row.processed_at,
+            Withdrawal::try_from,
+        )
     }
 }

@@ -93,3 +93,29 @@ pub fn order_number(stored: &str) -> Result<OrderNumber, RepositoryError> {
 pub fn money(stored: Decimal) -> Result<Money, RepositoryError> {
     Money::new(stored).map_err(|e| corrupt(format!("stored amount {stored}: {e}")))
 }
+
+/// A page of a list from its rows (with their ids) read one beyond `limit`: the extra row, if
+/// any, says that a next page begins after the page's last item.
+pub fn page<R, T>(
+    mut rows: Vec<(i64, R)>,
+    limit: std::num::NonZeroU32,
+    at: impl Fn(&R) -> chrono::DateTime<chrono::Utc>,
+    item: impl Fn(R) -> Result<T, RepositoryError>,
+) -> Result<application::ports::Page<T>, RepositoryError> {
+    let limit = usize::try_from(limit.get()).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more {
+        rows.last().map(|(id, row)| application::ports::PageCursor {
+            at: at(row),
+            id: *id,
+        })
+    } else {
+        None
+    };
+    let items = rows
+        .into_iter()
+        .map(|(_, row)| item(row))
+        .collect::<Result<_, _>>()?;
+    Ok(application::ports::Page { items, next })
+}

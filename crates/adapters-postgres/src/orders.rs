@@ -6,7 +6,10 @@
 //! the upload would make uploads commit one at a time.
 
 use application::{
-    ports::orders::{InsertOrderOutcome, OrderRepository},
+    ports::{
+        orders::{InsertOrderOutcome, OrderRepository},
+        Page, PageRequest,
+    },
     RepositoryError,
 };
 use std::num::NonZeroU32;
@@ -118,5 +121,36 @@ impl OrderRepository for PgStore {
             .await
             .map_err(from_diesel)?;
         rows.into_iter().map(Order::try_from).collect()
+    }
+
+    async fn list_page(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<Order>, RepositoryError> {
+        let mut conn = self.conn().await?;
+        let mut query = orders::table
+            .filter(orders::user_id.eq(user.0))
+            .order((orders::uploaded_at.desc(), orders::id.desc()))
+            .select((
+                orders::id,
+                (
+                    orders::number,
+                    orders::status,
+                    orders::accrual,
+                    orders::uploaded_at,
+                ),
+            ))
+            .limit(i64::from(page.limit.get()) + 1)
+            .into_boxed();
+        if let Some(before) = page.before {
+            query = query.filter(
+                orders::uploaded_at.lt(before.at).or(orders::uploaded_at
+                    .eq(before.at)
+                    .and(orders::id.lt(before.id))),
+            );
+        }
+        let rows: Vec<(i64, OrderRow)> = query.load(&mut conn).await.map_err(from_diesel)?;
+        crate::models::page(rows, page.limit, |row| row.uploaded_at, Order::try_from)
     }
 }

@@ -1,6 +1,6 @@
 //! `GET /api/user/balance`, `POST /api/user/balance/withdraw` and `GET /api/user/withdrawals`.
 
-use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
+use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use application::use_cases::{self, WithdrawError};
 use chrono::{DateTime, Utc};
 use domain::{Money, OrderNumber, Withdrawal};
@@ -8,11 +8,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
+    conditional::{json_or_not_modified, PageQuery},
     metrics::PointsWithdrawn,
     problem::{error_problem, repository_status, Problem},
     routes::{
         json::{decimal, money, rfc3339, JsonObject},
-        orders::ReadError,
+        orders::{ListError, ReadError},
     },
     schemas::{
         money_schema, order_number_schema, positive_money_schema, Internal, PayloadTooLarge,
@@ -22,7 +23,7 @@ use crate::{
 };
 
 /// The balance.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema, Hash)]
 #[schema(example = json!({"current": 500.5, "withdrawn": 42}))]
 pub struct BalanceBody {
     /// Points that can be spent.
@@ -46,7 +47,9 @@ pub struct BalanceBody {
         is worth one rouble; amounts are exact JSON numbers with up to two decimal places.",
     responses(
         (status = 200, description = "The balance.", body = BalanceBody,
+            headers(("ETag" = String, description = "Send it in `If-None-Match` to be answered 304 while the balance is the same.")),
             example = json!({"current": 500.5, "withdrawn": 42})),
+        (status = 304, description = "`If-None-Match` named the balance's current `ETag`: nothing changed."),
         (status = 401, response = Unauthorized),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
@@ -58,12 +61,14 @@ pub struct BalanceBody {
 pub async fn balance(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ReadError> {
     let balance = use_cases::balance(state.ledger.as_ref(), user.0).await?;
-    Ok(HttpResponse::Ok().json(BalanceBody {
+    let body = BalanceBody {
         current: balance.current,
         withdrawn: balance.withdrawn,
-    }))
+    };
+    Ok(json_or_not_modified(&req, &body, &body, None))
 }
 
 /// The body of a withdrawal: `{"order": "2377225624", "sum": 751}`.
@@ -179,7 +184,7 @@ pub async fn withdraw(
 }
 
 /// A withdrawal in the list.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema, Hash)]
 #[schema(example = json!({"order": "2377225624", "sum": 500, "processed_at": "2020-12-09T13:09:57Z"}))]
 pub struct WithdrawalItem {
     /// The order the points paid for.
@@ -211,14 +216,25 @@ impl From<Withdrawal> for WithdrawalItem {
     tag = "balance",
     operation_id = "list_withdrawals",
     summary = "List withdrawals",
-    description = "The customer's withdrawals, newest first.",
+    description = "The customer's withdrawals, newest first: all of them, or one page with \
+        `limit` (and `before` from the previous page's `Link`). The answer's `ETag` may be sent \
+        back in `If-None-Match`: 304 when nothing changed.",
+    params(PageQuery),
     responses(
         (status = 200, description = "The withdrawals, newest first.", body = [WithdrawalItem],
+            headers(
+                ("ETag" = String, description = "Send it in `If-None-Match` to be answered 304 while the list is the same."),
+                ("Link" = String, description = "With `limit`, when more withdrawals follow: `<…?limit=N&before=…>; rel=\"next\"`.")
+            ),
             example = json!([
                 {"order": "2377225624", "sum": 500, "processed_at": "2020-12-09T13:09:57Z"},
                 {"order": "79927398713", "sum": 42.5, "processed_at": "2020-12-08T10:00:00Z"}
             ])),
-        (status = 204, description = "The customer has made no withdrawals."),
+        (status = 204, description = "The customer has made no withdrawals (or the page is empty)."),
+        (status = 304, description = "`If-None-Match` named the list's current `ETag`: nothing changed."),
+        (status = 400, description = "`limit` out of 1–1000, or `before` not a cursor of this list.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "limit must be between 1 and 1000"})),
         (status = 401, response = Unauthorized),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
@@ -230,11 +246,27 @@ impl From<Withdrawal> for WithdrawalItem {
 pub async fn withdrawals(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
-) -> Result<HttpResponse, ReadError> {
-    let withdrawals = use_cases::withdrawals(state.ledger.as_ref(), user.0).await?;
+    req: HttpRequest,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ListError> {
+    let (withdrawals, next) = match query.request()? {
+        None => (
+            use_cases::withdrawals(state.ledger.as_ref(), user.0).await?,
+            None,
+        ),
+        Some(page) => {
+            let found = use_cases::withdrawals_page(state.ledger.as_ref(), user.0, page).await?;
+            (found.items, found.next.map(|next| (next, page.limit)))
+        }
+    };
     if withdrawals.is_empty() {
         return Ok(HttpResponse::NoContent().finish());
     }
     let items: Vec<WithdrawalItem> = withdrawals.into_iter().map(WithdrawalItem::from).collect();
-    Ok(HttpResponse::Ok().json(items))
+    Ok(json_or_not_modified(
+        &req,
+        &items,
+        &items,
+        next.as_ref().map(|(cursor, limit)| (cursor, *limit)),
+    ))
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
+    conditional::{json_or_not_modified, PageError, PageQuery},
     limits::Refused,
     problem::{error_problem, problem, repository_status, Problem},
     routes::json::{optional_money, rfc3339},
@@ -151,7 +152,7 @@ pub async fn upload(
 }
 
 /// An order in the list.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema, Hash)]
 #[schema(example = json!({
     "number": "9278923470",
     "status": "PROCESSED",
@@ -178,7 +179,7 @@ pub struct OrderItem {
 }
 
 /// An order's status as customers see it.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema, Hash)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum OrderStatus {
     /// Uploaded; the accrual system has not started on it.
@@ -218,6 +219,37 @@ impl From<Order> for OrderItem {
 #[error(transparent)]
 pub struct ReadError(#[from] pub RepositoryError);
 
+/// Why a list could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error(transparent)]
+    Page(#[from] PageError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+impl From<RepositoryError> for ListError {
+    fn from(error: RepositoryError) -> Self {
+        Self::Read(ReadError(error))
+    }
+}
+
+impl ResponseError for ListError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Page(error) => error.status_code(),
+            Self::Read(error) => error.status_code(),
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Page(error) => error.error_response(),
+            Self::Read(error) => error.error_response(),
+        }
+    }
+}
+
 impl ResponseError for ReadError {
     fn status_code(&self) -> StatusCode {
         repository_status(&self.0)
@@ -235,15 +267,26 @@ impl ResponseError for ReadError {
     tag = "orders",
     operation_id = "list_orders",
     summary = "List uploaded orders",
-    description = "The customer's orders with their status and accrual, newest first.",
+    description = "The customer's orders with their status and accrual, newest first: all of \
+        them, or one page with `limit` (and `before` from the previous page's `Link`). The \
+        answer's `ETag` may be sent back in `If-None-Match`: 304 when nothing changed.",
+    params(PageQuery),
     responses(
         (status = 200, description = "The orders, newest first.", body = [OrderItem],
+            headers(
+                ("ETag" = String, description = "Send it in `If-None-Match` to be answered 304 while the list is the same."),
+                ("Link" = String, description = "With `limit`, when more orders follow: `<…?limit=N&before=…>; rel=\"next\"`.")
+            ),
             example = json!([
                 {"number": "9278923470", "status": "PROCESSED", "accrual": 500, "uploaded_at": "2020-12-10T12:15:45Z"},
                 {"number": "12345678903", "status": "PROCESSING", "uploaded_at": "2020-12-10T12:12:23Z"},
                 {"number": "346436439", "status": "INVALID", "uploaded_at": "2020-12-09T13:09:57Z"}
             ])),
-        (status = 204, description = "The customer has uploaded no orders."),
+        (status = 204, description = "The customer has uploaded no orders (or the page is empty)."),
+        (status = 304, description = "`If-None-Match` named the list's current `ETag`: nothing changed."),
+        (status = 400, description = "`limit` out of 1–1000, or `before` not a cursor of this list.",
+            body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "limit must be between 1 and 1000"})),
         (status = 401, response = Unauthorized),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
@@ -255,11 +298,27 @@ impl ResponseError for ReadError {
 pub async fn list(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
-) -> Result<HttpResponse, ReadError> {
-    let orders = use_cases::list_orders(state.orders.as_ref(), user.0).await?;
+    req: HttpRequest,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ListError> {
+    let (orders, next) = match query.request()? {
+        None => (
+            use_cases::list_orders(state.orders.as_ref(), user.0).await?,
+            None,
+        ),
+        Some(page) => {
+            let found = use_cases::list_orders_page(state.orders.as_ref(), user.0, page).await?;
+            (found.items, found.next.map(|next| (next, page.limit)))
+        }
+    };
     if orders.is_empty() {
         return Ok(HttpResponse::NoContent().finish());
     }
     let items: Vec<OrderItem> = orders.into_iter().map(OrderItem::from).collect();
-    Ok(HttpResponse::Ok().json(items))
+    Ok(json_or_not_modified(
+        &req,
+        &items,
+        &items,
+        next.as_ref().map(|(cursor, limit)| (cursor, *limit)),
+    ))
 }

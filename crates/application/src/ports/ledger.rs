@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{Balance, Money, OrderNumber, UserId, Withdrawal};
 
-use super::RepositoryError;
+use super::{Page, PageRequest, RepositoryError};
 
 /// What an attempt to spend points did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,4 +47,14 @@ pub trait LedgerRepository: Send + Sync {
     /// # Errors
     /// [`RepositoryError`] on a storage failure.
     async fn withdrawals(&self, user: UserId) -> Result<Vec<Withdrawal>, RepositoryError>;
+
+    /// One page of a user's withdrawals, newest first, in the order of [`Self::withdrawals`].
+    ///
+    /// # Errors
+    /// [`RepositoryError`] on a storage failure.
+    async fn withdrawals_page(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<Withdrawal>, RepositoryError>;
 }

@@ -10,6 +10,29 @@ pub mod security;
 pub mod throttle;
 pub mod users;
 
+/// Where a page of a list begins: after the item with this sort key (lists are newest first,
+/// by time then by storage id, so a page never skips or repeats an item while others are
+/// added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageCursor {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub id: i64,
+}
+
+/// One page of a list, newest first, and where the next one begins if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<PageCursor>,
+}
+
+/// A request for one page: at most `limit` items after `before` (from the newest without).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: std::num::NonZeroU32,
+    pub before: Option<PageCursor>,
+}
+
 /// A storage failure that is not a business outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {

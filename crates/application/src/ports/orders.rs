@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{Order, OrderNumber, UserId};
 
-use super::RepositoryError;
+use super::{Page, PageRequest, RepositoryError};
 
 /// What storing an uploaded number did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,4 +46,14 @@ pub trait OrderRepository: Send + Sync {
     /// # Errors
     /// [`RepositoryError`] on a storage failure.
     async fn list(&self, user: UserId) -> Result<Vec<Order>, RepositoryError>;
+
+    /// One page of a user's orders, newest first, in the order of [`Self::list`].
+    ///
+    /// # Errors
+    /// [`RepositoryError`] on a storage failure.
+    async fn list_page(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> Result<Page<Order>, RepositoryError>;
 }

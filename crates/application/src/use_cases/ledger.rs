@@ -5,7 +5,7 @@ use domain::{Balance, Money, OrderNumber, UserId, Withdrawal};
 use crate::ports::{
     clock::Clock,
     ledger::{LedgerRepository, WithdrawOutcome},
-    RepositoryError,
+    Page, PageRequest, RepositoryError,
 };
 
 /// What an accepted withdrawal did.
@@ -63,6 +63,18 @@ pub async fn withdraw(
         WithdrawOutcome::InsufficientFunds => Err(WithdrawError::InsufficientFunds),
         WithdrawOutcome::OrderNumberTaken => Err(WithdrawError::OrderNumberTaken),
     }
+}
+
+/// One page of a user's withdrawals, newest first.
+///
+/// # Errors
+/// [`RepositoryError`] on a storage failure.
+pub async fn withdrawals_page(
+    ledger: &dyn LedgerRepository,
+    user: UserId,
+    page: PageRequest,
+) -> Result<Page<Withdrawal>, RepositoryError> {
+    ledger.withdrawals_page(user, page).await
 }
 
 /// A user's withdrawals, newest first.

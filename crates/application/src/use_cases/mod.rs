@@ -7,7 +7,7 @@ mod request_limit;
 mod throttle;
 
 pub use accounts::{log_in, register, Claim, LogInError, RegisterError, Registrations};
-pub use ledger::{balance, withdraw, withdrawals, WithdrawError, Withdrawn};
-pub use orders::{list_orders, upload_order, UploadOrderError, Uploaded};
+pub use ledger::{balance, withdraw, withdrawals, withdrawals_page, WithdrawError, Withdrawn};
+pub use orders::{list_orders, list_orders_page, upload_order, UploadOrderError, Uploaded};
 pub use request_limit::{Allowance, CustomerRequestLimit, Refusal, RequestLimitConfig};
 pub use throttle::{LoginThrottle, ThrottleConfig};

@@ -7,7 +7,7 @@ use domain::{Order, OrderNumber, UserId};
 use crate::ports::{
     clock::Clock,
     orders::{InsertOrderOutcome, OrderRepository},
-    RepositoryError,
+    Page, PageRequest, RepositoryError,
 };
 
 /// What an accepted upload did.
@@ -57,6 +57,18 @@ pub async fn upload_order(
             limit: pending_limit.unwrap_or(NonZeroU32::MIN),
         }),
     }
+}
+
+/// One page of a user's orders, newest first.
+///
+/// # Errors
+/// [`RepositoryError`] on a storage failure.
+pub async fn list_orders_page(
+    orders: &dyn OrderRepository,
+    user: UserId,
+    page: PageRequest,
+) -> Result<Page<Order>, RepositoryError> {
+    orders.list_page(user, page).await
 }
 
 /// A user's orders, newest first.
