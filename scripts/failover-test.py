@@ -299,6 +299,28 @@ def silent(nodes, old):
     return f"{count} processes of {old.name} stopped for {promoted:.1f} s", new
 
 
+def in_flight(workload, moment):
+    """What the customers' writes were doing at `moment`: those in flight then, how long they
+    had been sent and how they were answered."""
+    with workload.lock:
+        writes = [
+            (end - seconds, end, status)
+            for end, kind, status, seconds in workload.events
+            if kind in ("upload", "withdraw") and end - seconds <= moment < end
+        ]
+    if not writes:
+        return "no write in flight then"
+    answers = {}
+    for _, _, status in writes:
+        answers[status] = answers.get(status, 0) + 1
+    return (
+        f"{len(writes)} writes in flight then, sent {min(moment - s for s, _, _ in writes):.2f}–"
+        f"{max(moment - s for s, _, _ in writes):.2f} s before, answered "
+        f"{', '.join(f'{status} × {n}' for status, n in sorted(answers.items()))} "
+        f"{min(e - moment for _, e, _ in writes):.2f}–{max(e - moment for _, e, _ in writes):.2f} s after"
+    )
+
+
 def other(nodes, node):
     return next(n for n in nodes if n is not node)
 
@@ -367,7 +389,7 @@ def main():
                         f"promoted {promoted_at - started:.2f} s, first direct write {direct_at - started:.2f} s "
                         f"(sent {direct_at - sent_at:.2f} s before), first instance write {written_at - started:.2f} s "
                         f"after the start: gap {gap:+.2f} s (direct writes sent after the first: "
-                        f"{taken} taken, {refused} not)"
+                        f"{taken} taken, {refused} not); {in_flight(workload, direct_at)}"
                     )
             else:
                 recovery = "- (the primary did not change)"
