@@ -152,9 +152,11 @@ class WriteProbe:
     only when psql ends without an error and without a warning: a read-only node refuses it,
     and a commit still waiting for a standby (none named, or one gone) when the timeout cancels
     the wait is committed locally but answered with a WARNING, which is not taken. As the
-    writes overlap, one is always waiting when a node starts to take writes, and it is
-    answered then. Each write is recorded as (sent, answered, taken): the time that counts is
-    the answer, as for a customer's write."""
+    writes overlap, one held at its commit is answered when the commit is released; a node
+    that refuses writes at once (pg_autoctl's stop_replication sets
+    default_transaction_read_only) is known to take them within one attempt. Each write is
+    recorded as (sent, answered, taken): the time that counts is the answer, as for a
+    customer's write."""
 
     def __init__(self, nodes):
         self.writes = {n.name: [] for n in nodes}
