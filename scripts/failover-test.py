@@ -32,12 +32,12 @@ It also measures when the new primary took writes at all: from the failure's sta
 write probe sends each node that may become primary an INSERT of its own into a table beside
 Gophermart's (failover_probe, created before the scenarios and dropped after them; the audit
 reads only Gophermart's tables) every FAILOVER_PROBE_MS, each in its own connection with
-statement_timeout at FAILOVER_PROBE_WAIT_MS, so that one is always waiting when writes start
-to commit. A write is taken only when answered without an error or a warning (a commit whose
-wait for the synchronous standby the timeout cancels is answered with a WARNING). Per scenario
-with a new primary it prints the promotion, the first direct write taken and the instance's
-first acknowledged write, from the failure's start, and the gap between the last two: the
-time Gophermart itself adds once the database takes writes.
+statement_timeout at FAILOVER_PROBE_WAIT_MS. A write is taken only when answered without an
+error or a warning (a read-only node refuses it; a commit whose wait for the synchronous
+standby the timeout cancels is answered with a WARNING). Per scenario with a new primary it
+prints the promotion, the first direct write taken and the instance's first acknowledged
+write, from the failure's start, the gap between the last two (the time Gophermart itself
+adds once the database takes writes), and what the customers' writes were doing then.
 
 Exits non-zero on a 500, a lost write, a wrong balance, a failed audit, a request over the
 bound or a gap over the bound; stopped processes are continued and everything started is
