@@ -85,8 +85,9 @@ switchover-experiment: build
 # (every process of the node killed), the crashed node rejoining, a planned switchover, and a
 # silent primary (its processes stopped with SIGSTOP until the monitor has failed over). Fails on a
 # 500, a lost acknowledged write, a wrong balance, a failed ledger audit or a request held longer
-# than DATABASE_TIMEOUT_MS + DATABASE_STATEMENT_TIMEOUT_MS + 1.5 s. About a minute and a half
-# with the formation's set-up, on 2 cores.
+# than DATABASE_TIMEOUT_MS + DATABASE_STATEMENT_TIMEOUT_MS + 1.5 s. Reports how long after the
+# new primary first took a direct write of the test's own Gophermart's first write came. About
+# two minutes with the formation's set-up, on 2 cores.
 failover-test: debug-bins
 	BIN=target/debug scripts/with-auto-failover.sh python3 scripts/failover-test.py
 

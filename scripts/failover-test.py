@@ -26,12 +26,26 @@ request must be answered within DATABASE_TIMEOUT_MS + DATABASE_STATEMENT_TIMEOUT
 FAILOVER_MARGIN_MS (1500). Prints per scenario the answers by status, the writes acknowledged
 and lost, the recovery time (from the new primary's first answer that it is not in recovery,
 polled every 0.1 s on each node, to the instance's first acknowledged write after it), the
-longest request and the instance's log lines at WARN or above. Exits non-zero on a 500, a lost
-write, a wrong balance, a failed audit or a request over the bound; stopped processes are
-continued and everything started is ended, however it ends.
+longest request and the instance's log lines at WARN or above.
+
+It also measures when the new primary took writes at all: from the failure's start a direct
+write probe sends each node that may become primary an INSERT of its own into a table beside
+Gophermart's (failover_probe, created before the scenarios and dropped after them; the audit
+reads only Gophermart's tables) every FAILOVER_PROBE_MS, each in its own connection with
+statement_timeout at FAILOVER_PROBE_WAIT_MS. A write is taken only when answered without an
+error or a warning (a read-only node refuses it; a commit whose wait for the synchronous
+standby the timeout cancels is answered with a WARNING). Per scenario with a new primary it
+prints the promotion, the first direct write taken and the instance's first acknowledged
+write, from the failure's start, the gap between the last two (the time Gophermart itself
+adds once the database takes writes), and what the customers' writes were doing then.
+
+Exits non-zero on a 500, a lost write, a wrong balance, a failed audit, a request over the
+bound or a gap over the bound; stopped processes are continued and everything started is
+ended, however it ends.
 
 Environment: DATABASE_URI, AUTOFAILOVER_* (from scripts/with-auto-failover.sh); BIN
-(target/debug), FAILOVER_STEADY_SECONDS (3), FAILOVER_MARGIN_MS (1500).
+(target/debug), FAILOVER_STEADY_SECONDS (3), FAILOVER_MARGIN_MS (1500), FAILOVER_PROBE_MS
+(100), FAILOVER_PROBE_WAIT_MS (500).
 """
 
 import os
@@ -50,6 +64,9 @@ CONNECT_MS = 5000
 STATEMENT_MS = 2000
 MARGIN_MS = int(os.environ.get("FAILOVER_MARGIN_MS", "1500"))
 BOUND = (CONNECT_MS + STATEMENT_MS + MARGIN_MS) / 1000
+PROBE_MS = int(os.environ.get("FAILOVER_PROBE_MS", "100"))
+PROBE_WAIT_MS = int(os.environ.get("FAILOVER_PROBE_WAIT_MS", "500"))
+PROBE_TABLE = "failover_probe"
 CTL = os.environ["AUTOFAILOVER_CTL"]
 URI = os.environ["DATABASE_URI"]
 
@@ -124,6 +141,74 @@ def continue_stopped():
         except ProcessLookupError:
             pass
     stopped.clear()
+
+
+class WriteProbe:
+    """Sends each node a write of its own every PROBE_MS ms from the failure's start, each in
+    its own connection without waiting for the one before: when each node first took one.
+
+    A write is one autocommit INSERT into PROBE_TABLE through psql, with statement_timeout at
+    PROBE_WAIT_MS, so its commit waits for the synchronous standby as any other. It is taken
+    only when psql ends without an error and without a warning: a read-only node refuses it,
+    and a commit still waiting for a standby (none named, or one gone) when the timeout cancels
+    the wait is committed locally but answered with a WARNING, which is not taken. As the
+    writes overlap, one held at its commit is answered when the commit is released; a node
+    that refuses writes at once (pg_autoctl's stop_replication sets
+    default_transaction_read_only) is known to take them within one attempt. Each write is
+    recorded as (sent, answered, taken): the time that counts is the answer, as for a
+    customer's write."""
+
+    def __init__(self, nodes):
+        self.writes = {n.name: [] for n in nodes}
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.sent = []
+        self.threads = [threading.Thread(target=self.poll, args=(n,), daemon=True) for n in nodes]
+        for thread in self.threads:
+            thread.start()
+
+    def write(self, node):
+        sql = f"INSERT INTO {PROBE_TABLE} (node) VALUES ('{node.name}')"
+        sent = time.time()
+        try:
+            out = subprocess.run(
+                ["psql", node.uri, "-Xqt", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                env={**os.environ, "PGOPTIONS": f"-c statement_timeout={PROBE_WAIT_MS}"},
+                capture_output=True,
+                text=True,
+                # A stopped node holds the connection: give up on it.
+                timeout=PROBE_WAIT_MS / 1000 + 1,
+            )
+            taken = out.returncode == 0 and "WARNING" not in out.stderr
+        except subprocess.TimeoutExpired:
+            taken = False
+        with self.lock:
+            self.writes[node.name].append((sent, time.time(), taken))
+
+    def poll(self, node):
+        while not self.done.is_set():
+            tick = time.time()
+            thread = threading.Thread(target=self.write, args=(node,), daemon=True)
+            thread.start()
+            self.sent.append(thread)
+            time.sleep(max(0.0, tick + PROBE_MS / 1000 - time.time()))
+
+    def stop(self):
+        self.done.set()
+        for thread in self.threads + self.sent:
+            thread.join()
+
+    def first(self, node):
+        """(sent, answered, taken after, not taken after): when the first write `node` took
+        was sent and answered, and how many of the writes sent after that answer it took and
+        did not; None when it took none."""
+        writes = self.writes[node.name]
+        taken = [(answered, sent) for sent, answered, ok in writes if ok]
+        if not taken:
+            return None
+        answered, sent = min(taken)
+        later = [ok for s, _, ok in writes if s > answered]
+        return sent, answered, later.count(True), later.count(False)
 
 
 class PrimaryWatch:
@@ -216,6 +301,28 @@ def silent(nodes, old):
     return f"{count} processes of {old.name} stopped for {promoted:.1f} s", new
 
 
+def in_flight(workload, moment):
+    """What the customers' writes were doing at `moment`: those in flight then, how long they
+    had been sent and how they were answered."""
+    with workload.lock:
+        writes = [
+            (end - seconds, end, status)
+            for end, kind, status, seconds in workload.events
+            if kind in ("upload", "withdraw") and end - seconds <= moment < end
+        ]
+    if not writes:
+        return "no write in flight then"
+    answers = {}
+    for _, _, status in writes:
+        answers[status] = answers.get(status, 0) + 1
+    return (
+        f"{len(writes)} writes in flight then, sent {min(moment - s for s, _, _ in writes):.2f}–"
+        f"{max(moment - s for s, _, _ in writes):.2f} s before, answered "
+        f"{', '.join(f'{status} × {n}' for status, n in sorted(answers.items()))} "
+        f"{min(e - moment for _, e, _ in writes):.2f}–{max(e - moment for _, e, _ in writes):.2f} s after"
+    )
+
+
 def other(nodes, node):
     return next(n for n in nodes if n is not node)
 
@@ -232,18 +339,32 @@ def main():
     workload = None
     failures = []
     try:
+        # The direct write probe's table, beside Gophermart's (the audit reads only its own).
+        psql(
+            URI,
+            f"CREATE TABLE {PROBE_TABLE} (id bigserial PRIMARY KEY, node text NOT NULL, "
+            "at timestamptz NOT NULL DEFAULT clock_timestamp())",
+            timeout=30,
+        )
+        durability = psql(
+            URI, "SELECT current_setting('synchronous_commit') || ',' || current_setting('synchronous_standby_names')", timeout=30
+        )
         workload = Workload(instance.base, instance.tokens)
         workload.run()
         log_at = os.path.getsize(instance.log.name)
         print(
             f"failover test: {CUSTOMERS} customers, {BIN}/gophermart, request bound {BOUND:.1f} s "
-            f"(DATABASE_TIMEOUT_MS {CONNECT_MS} + DATABASE_STATEMENT_TIMEOUT_MS {STATEMENT_MS} + {MARGIN_MS} ms)",
+            f"(DATABASE_TIMEOUT_MS {CONNECT_MS} + DATABASE_STATEMENT_TIMEOUT_MS {STATEMENT_MS} + {MARGIN_MS} ms); "
+            f"a direct write to each candidate node every {PROBE_MS} ms, taken within {PROBE_WAIT_MS} ms "
+            f"(synchronous_commit, synchronous_standby_names: {' '.join(durability)})",
             flush=True,
         )
         for name, scenario in (("crash", crash), ("rejoin", rejoin), ("switchover", switchover), ("silent", silent)):
             time.sleep(STEADY)
             old = primary_of(nodes)
-            watch = PrimaryWatch([n for n in nodes if n is not old])
+            candidates = [n for n in nodes if n is not old]
+            watch = PrimaryWatch(candidates)
+            probe = WriteProbe(candidates)
             started = time.time()
             what, new = scenario(nodes, old)
             if new is not None:
@@ -251,15 +372,30 @@ def main():
             wait_until(f"{name}: a write acknowledged", lambda: workload.first_write_after(time.time() - 0.5), 60)
             time.sleep(STEADY)
             watch.stop()
+            probe.stop()
             workload.pause()
             ended = time.time()
             answered, longest, waiting = workload.between(started, ended)
+            gap = None
             if new is not None:
                 promoted_at = watch.since[new.name]
                 written_at = workload.first_write_after(promoted_at)
                 recovery = f"{written_at - promoted_at:.2f} s (promoted {promoted_at - started:.1f} s after the start)"
+                first = probe.first(new)
+                if first is None:
+                    direct = f"no direct write taken by {new.name}"
+                else:
+                    sent_at, direct_at, taken, refused = first
+                    gap = written_at - direct_at
+                    direct = (
+                        f"promoted {promoted_at - started:.2f} s, first direct write {direct_at - started:.2f} s "
+                        f"(sent {direct_at - sent_at:.2f} s before), first instance write {written_at - started:.2f} s "
+                        f"after the start: gap {gap:+.2f} s (direct writes sent after the first: "
+                        f"{taken} taken, {refused} not); {in_flight(workload, direct_at)}"
+                    )
             else:
                 recovery = "- (the primary did not change)"
+                direct = "-"
             uploads, lost_uploads, withdrawals, lost_withdrawals = workload.lost(URI)
             wrong = workload.wrong_balances(instance, URI)
             audit, audit_output = instance.audit()
@@ -275,7 +411,7 @@ def main():
                 f"500s {fives}; writes acknowledged {acknowledged}; "
                 f"acknowledged so far {uploads} uploads ({lost_uploads} lost), "
                 f"{withdrawals} withdrawals ({lost_withdrawals} lost); balances "
-                f"{'right' if not wrong else 'WRONG'}; audit exit {audit}; recovery {recovery}; "
+                f"{'right' if not wrong else 'WRONG'}; audit exit {audit}; recovery {recovery}; {direct}; "
                 f"longest request {max(longest, waiting):.2f} s; WARN+ log lines {len(lines)}",
                 flush=True,
             )
@@ -294,6 +430,7 @@ def main():
                 (audit, "the audit failed"),
                 (max(longest, waiting) > BOUND, f"a request took {max(longest, waiting):.2f} s > {BOUND:.1f} s"),
                 (restarted, "gophermart exited"),
+                (gap is not None and gap > BOUND, f"first write {gap or 0:.2f} s after the first direct write"),
             ):
                 if failed:
                     failures.append(f"{name}: {why}")
@@ -305,6 +442,10 @@ def main():
         if workload is not None:
             workload.finish()
         instance.stop()
+        try:
+            psql(URI, f"DROP TABLE IF EXISTS {PROBE_TABLE}", timeout=30)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+            print(f"failover test: {PROBE_TABLE} not dropped ({error}); it goes with the formation")
     if failures:
         print("failover test FAILED:", "; ".join(failures))
         sys.exit(1)
