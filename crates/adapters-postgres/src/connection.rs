@@ -104,9 +104,24 @@ pub struct ConnectOptions {
 
 /// TCP keepalives for a connection whose URI sets none (the operating system's default waits
 /// two hours): an idle connection to a server that went silent is found dead in about 16 s.
-const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
-const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
-const KEEPALIVES_RETRIES: u32 = 3;
+pub(crate) const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const KEEPALIVES_RETRIES: u32 = 3;
+
+/// Sets [`KEEPALIVES_IDLE`], [`KEEPALIVES_INTERVAL`] and [`KEEPALIVES_RETRIES`] on `config`
+/// unless its URI sets keepalives itself: every session this crate opens (the pool's and the
+/// listener's) finds a server that went silent dead in about 16 s.
+pub(crate) fn with_keepalives(config: &mut tokio_postgres::Config) {
+    if config.get_keepalives() && config.get_keepalives_idle() == Duration::from_secs(7200) {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVES_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(KEEPALIVES_RETRIES);
+        }
+    }
+}
 
 /// What a prepared statement is kept under: its query type when diesel gives it a static id
 /// (no SQL need be built to find it), else its SQL and parameter types.
@@ -184,15 +199,7 @@ impl DbConnection {
             let hosts = u32::try_from(config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
             config.connect_timeout((total / hosts).max(Duration::from_millis(500)));
         }
-        if config.get_keepalives() && config.get_keepalives_idle() == Duration::from_secs(7200) {
-            config.keepalives_idle(KEEPALIVES_IDLE);
-            if config.get_keepalives_interval().is_none() {
-                config.keepalives_interval(KEEPALIVES_INTERVAL);
-            }
-            if config.get_keepalives_retries().is_none() {
-                config.keepalives_retries(KEEPALIVES_RETRIES);
-            }
-        }
+        with_keepalives(&mut config);
         let (client, connection) = match config.connect(tokio_postgres::NoTls).await {
             Ok(connected) => connected,
             Err(error) => {

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{prepared::prepared_statement, PgStore};
+use crate::{connection::with_keepalives, prepared::prepared_statement, PgStore};
 
 /// The channel on which queued orders are announced (with an empty payload).
 pub const QUEUE_CHANNEL: &str = "gophermart_accrual_queue";
@@ -28,15 +28,6 @@ pub const GATE_CHANNEL: &str = "gophermart_accrual_gate";
 
 /// The shortest time between two announcements.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(5);
-
-/// TCP keepalives of the listening session when its URI sets none, the same as the pool's
-/// connections have (`connection.rs`): the session is idle between notifications, and with the
-/// operating system's default (two hours) a server that went silent (a network partition)
-/// would hold it, and hide other instances' orders but for polling, until then. With these it
-/// is found dead in about 16 s and opened again, on whichever node is primary then.
-const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
-const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
-const KEEPALIVES_RETRIES: u32 = 3;
 
 prepared_statement! {
     /// Sends a notification.
@@ -181,27 +172,22 @@ async fn open(url: &str) -> ConnectionResult<AsyncPgConnection> {
     AsyncPgConnection::try_from_client_and_connection(client, connection).await
 }
 
-/// The listening session's configuration: `url`'s, with [`KEEPALIVES_IDLE`],
-/// [`KEEPALIVES_INTERVAL`] and [`KEEPALIVES_RETRIES`] unless the URI sets keepalives itself.
+/// The listening session's configuration: `url`'s, with the pool's TCP keepalives unless the
+/// URI sets its own. The session is idle between notifications: with the operating system's
+/// default (two hours) a server that went silent (a network partition) would hold it, and hide
+/// other instances' orders but for polling, until then.
 fn session_config(url: &str) -> ConnectionResult<tokio_postgres::Config> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| ConnectionError::InvalidConnectionUrl(e.to_string()))?;
-    if config.get_keepalives() && config.get_keepalives_idle() == Duration::from_secs(7200) {
-        config.keepalives_idle(KEEPALIVES_IDLE);
-        if config.get_keepalives_interval().is_none() {
-            config.keepalives_interval(KEEPALIVES_INTERVAL);
-        }
-        if config.get_keepalives_retries().is_none() {
-            config.keepalives_retries(KEEPALIVES_RETRIES);
-        }
-    }
+    with_keepalives(&mut config);
     Ok(config)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::{KEEPALIVES_IDLE, KEEPALIVES_INTERVAL, KEEPALIVES_RETRIES};
 
     #[test]
     fn the_session_finds_a_silent_server_dead_as_the_pool_does() {
