@@ -18,7 +18,7 @@ use application::{
 use domain::UserId;
 
 use crate::{
-    limits::{insert_fields, Refused},
+    limits::{insert_fields, retry_after_seconds, Refused},
     problem::problem,
     AppState,
 };
@@ -52,8 +52,7 @@ pub const HELD_REFUSAL: std::time::Duration = std::time::Duration::from_millis(2
 
 /// Whole seconds to wait, at least one.
 fn retry_seconds(refusal: &Refusal) -> u64 {
-    let wait = refusal.retry_after;
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+    retry_after_seconds(refusal.retry_after)
 }
 
 impl ResponseError for AuthError {

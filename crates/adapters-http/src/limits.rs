@@ -46,6 +46,11 @@ impl Refused {
     ];
 }
 
+/// A `Retry-After` in whole seconds: `wait` rounded up, at least one.
+pub(crate) fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// Sets the `RateLimit` and `RateLimit-Policy` fields of an answer.
 pub(crate) fn insert_fields(headers: &mut HeaderMap, allowance: &Allowance) {
     let policy = format!(

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use crate::{
     auth::with_credentials,
     client_address::ClientAddress,
-    limits::Refused,
+    limits::{retry_after_seconds, Refused},
     problem::{error_problem, log_chain, repository_status, Problem},
     routes::json::JsonObject,
     schemas::{Internal, PayloadTooLarge, Unavailable},
@@ -102,10 +102,10 @@ impl ResponseError for LogInHandlerError {
         let mut response = error_problem(self);
         if let Self::UseCase(LogInError::Throttled { retry_after }) = self {
             response.extensions_mut().insert(Refused::SignInThrottle);
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            if let Ok(value) = header::HeaderValue::from_str(&seconds.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                retry_after_seconds(*retry_after).into(),
+            );
         }
         response
     }
