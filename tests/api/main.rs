@@ -8,6 +8,7 @@ mod bad_input;
 mod balance;
 mod conditional;
 mod encoding;
+mod events;
 mod operability;
 mod orders;
 mod passwords;

@@ -26,6 +26,8 @@ pub(crate) enum Refused {
     PendingOrders,
     /// The customer sent requests faster than their limit.
     RequestLimit,
+    /// The customer, or the instance, has as many event streams open as allowed.
+    EventStreams,
 }
 
 impl Refused {
@@ -35,14 +37,16 @@ impl Refused {
             Self::SignInThrottle => "sign_in_throttle",
             Self::PendingOrders => "pending_orders",
             Self::RequestLimit => "request_limit",
+            Self::EventStreams => "event_streams",
         }
     }
 
     /// Every kind, so that the metric shows each from the start.
-    pub(crate) const ALL: [Self; 3] = [
+    pub(crate) const ALL: [Self; 4] = [
         Self::SignInThrottle,
         Self::PendingOrders,
         Self::RequestLimit,
+        Self::EventStreams,
     ];
 }
 

@@ -16,7 +16,7 @@ use crate::{
     auth::TOKEN_COOKIE,
     ops,
     problem::Problem,
-    routes::{accounts, balance, orders},
+    routes::{accounts, balance, events, orders},
     schemas::{Internal, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable},
 };
 
@@ -50,6 +50,7 @@ pub const COOKIE_SCHEME: &str = "cookie";
         balance::balance,
         balance::withdraw,
         balance::withdrawals,
+        events::events,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -63,6 +64,7 @@ pub const COOKIE_SCHEME: &str = "cookie";
         (name = "accounts", description = "Registration and sign-in."),
         (name = "orders", description = "Order numbers handed in for points."),
         (name = "balance", description = "Points: the balance, spending them, past spending."),
+        (name = "events", description = "Changes as they happen, as Server-Sent Events."),
         (name = "operations", description = "Health, readiness and metrics for operators."),
     )
 )]
@@ -104,12 +106,13 @@ impl Modify for SecuritySchemes {
 }
 
 /// The operations a customer's token opens, by operation id.
-const SIGNED_IN_OPERATIONS: [&str; 5] = [
+const SIGNED_IN_OPERATIONS: [&str; 6] = [
     "upload_order",
     "list_orders",
     "balance",
     "withdraw",
     "list_withdrawals",
+    "events",
 ];
 
 /// Where an answer leads (OpenAPI links), so that clients and stateful tests can chain calls:
@@ -284,6 +287,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         served::<balance::__path_balance, _, _>(balance::balance),
         served::<balance::__path_withdraw, _, _>(balance::withdraw),
         served::<balance::__path_withdrawals, _, _>(balance::withdrawals),
+        served::<events::__path_events, _, _>(events::events),
         served::<ops::__path_healthz, _, _>(ops::healthz),
         served::<ops::__path_readyz, _, _>(ops::readyz),
         served::<ops::__path_metrics, _, _>(ops::metrics),
@@ -443,6 +447,10 @@ mod tests {
             (
                 ("get", "/api/user/withdrawals"),
                 [&["200", "204", "304", "400"][..], &authenticated].concat(),
+            ),
+            (
+                ("get", "/api/user/events"),
+                [&["200", "400"][..], &authenticated].concat(),
             ),
         ]);
         let document = document();

@@ -6,7 +6,7 @@ use application::ports::{
     clock::Clock, ledger::LedgerRepository, orders::OrderRepository, security::PasswordHasher,
     security::TokenService, throttle::SignInFailures, users::UserRepository,
 };
-use application::use_cases::{CustomerRequestLimit, LoginThrottle, Registrations};
+use application::use_cases::{CustomerRequestLimit, EventStreams, LoginThrottle, Registrations};
 
 use crate::client_address::ClientAddressConfig;
 
@@ -29,6 +29,8 @@ pub struct AppState {
     pub pending_limit: Option<NonZeroU32>,
     /// How a request's client address is found.
     pub client_address: ClientAddressConfig,
+    /// The customers' open event streams on this instance.
+    pub events: Arc<EventStreams>,
     /// The sign-ups in progress, so that simultaneous ones of one login cost one hash.
     pub registrations: Arc<Registrations>,
     /// How long an issued token stays valid (also the cookie's `Max-Age`).

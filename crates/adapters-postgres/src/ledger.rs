@@ -93,7 +93,10 @@ impl LedgerRepository for PgStore {
         .await
         .optional();
         match result {
-            Ok(Some(_)) => return Ok(WithdrawOutcome::Withdrawn),
+            Ok(Some(_)) => {
+                self.signal.customer_changed();
+                return Ok(WithdrawOutcome::Withdrawn);
+            }
             Ok(None) => {}
             Err(e) if is_unique_violation(&e, "withdrawals_order_number_key") => {}
             Err(e) => return Err(from_diesel(e)),

@@ -9,6 +9,7 @@ mod audit;
 mod availability;
 mod connection;
 mod error;
+mod events;
 mod gate;
 mod ledger;
 mod listener;
@@ -35,7 +36,7 @@ pub use availability::Availability;
 pub use connection::{ConnectOptions, DbConnection, StatementMode};
 pub use gate::PgClusterGate;
 pub use listener::{
-    listen_for_notifications, Wakes, ANNOUNCE_INTERVAL, GATE_CHANNEL, QUEUE_CHANNEL,
+    listen_for_notifications, Wakes, ANNOUNCE_INTERVAL, EVENTS_CHANNEL, GATE_CHANNEL, QUEUE_CHANNEL,
 };
 pub use migrations::{
     pending_migrations, run_migrations, run_migrations_in, MigrationError, MIGRATIONS,

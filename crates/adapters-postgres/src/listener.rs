@@ -21,6 +21,11 @@ use crate::{connection::with_keepalives, prepared::prepared_statement, PgStore};
 /// The channel on which queued orders are announced (with an empty payload).
 pub const QUEUE_CHANNEL: &str = "gophermart_accrual_queue";
 
+/// The channel on which changes that customers can see (events in the log: a withdrawal, an
+/// order's new status, a credit) are announced, with an empty payload. An upload is announced
+/// on [`QUEUE_CHANNEL`] alone, which wakes event readers too.
+pub const EVENTS_CHANNEL: &str = "gophermart_events";
+
 /// The channel on which a change of the shared accrual gate is announced (with an empty
 /// payload): a 429 recorded by one instance reaches the others within a round trip instead of
 /// at their next read of the gate. Only a hastener: the gate is read on its own schedule too.
@@ -37,42 +42,61 @@ prepared_statement! {
     "SELECT pg_notify($1, '')"
 }
 
-/// What an upload does once its order is queued: wake this instance's worker, and ask for an
-/// announcement to the others.
+/// What a write does once it committed: wake what waits for it in this instance (the accrual
+/// worker for a queued order, the event streams for any change a customer sees), and ask for
+/// an announcement to the others.
 #[derive(Debug, Default)]
 pub(crate) struct QueueSignal {
     local: Arc<Notify>,
     announce: Notify,
+    events: Arc<Notify>,
+    announce_events: Notify,
 }
 
 impl QueueSignal {
+    /// An upload committed: a queued order and its event.
     pub(crate) fn order_queued(&self) {
         self.local.notify_one();
+        self.events.notify_one();
         self.announce.notify_one();
+    }
+
+    /// A change with an event but no queued order committed.
+    pub(crate) fn customer_changed(&self) {
+        self.events.notify_one();
+        self.announce_events.notify_one();
     }
 }
 
 impl PgStore {
     /// What this instance's accrual worker waits on: woken when an upload here queues an order
-    /// (give it to [`listen_for_queued_orders`] too, for uploads elsewhere).
+    /// (give it to [`listen_for_notifications`] too, for uploads elsewhere).
     #[must_use]
     pub fn queue_wake(&self) -> Arc<Notify> {
         self.signal.local.clone()
     }
 
-    /// Announces queued orders to every instance's [`listen_for_queued_orders`], until `stop`
-    /// is cancelled: one `NOTIFY` for all the orders queued since the last one, at most one
-    /// per [`ANNOUNCE_INTERVAL`].
+    /// What this instance's event streams wait on: woken when a change with an event commits
+    /// here (give it to [`listen_for_notifications`] too, for changes elsewhere).
+    #[must_use]
+    pub fn events_wake(&self) -> Arc<Notify> {
+        self.signal.events.clone()
+    }
+
+    /// Announces queued orders and other changes with events to every instance's
+    /// [`listen_for_notifications`], until `stop` is cancelled: one `NOTIFY` for all that
+    /// happened since the last one, at most one per [`ANNOUNCE_INTERVAL`].
     pub async fn announce_queued_orders(self, stop: CancellationToken) {
         loop {
-            tokio::select! {
+            let channel = tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.signal.announce.notified() => {}
-            }
+                () = self.signal.announce.notified() => QUEUE_CHANNEL,
+                () = self.signal.announce_events.notified() => EVENTS_CHANNEL,
+            };
             let sent = async {
                 let mut conn = self.conn().await?;
                 Announce {
-                    channel: QUEUE_CHANNEL.to_owned(),
+                    channel: channel.to_owned(),
                 }
                 .execute(&mut conn)
                 .await
@@ -103,9 +127,12 @@ pub struct Wakes {
     pub queue: Arc<Notify>,
     /// The accrual gate's follower, for a change another instance made ([`GATE_CHANNEL`]).
     pub gate: Arc<Notify>,
+    /// The event streams, for changes made by other instances ([`EVENTS_CHANNEL`], and
+    /// [`QUEUE_CHANNEL`] for uploads).
+    pub events: Arc<Notify>,
 }
 
-/// Listens on [`QUEUE_CHANNEL`] and [`GATE_CHANNEL`] over a dedicated connection and wakes the
+/// Listens on [`QUEUE_CHANNEL`], [`EVENTS_CHANNEL`] and [`GATE_CHANNEL`] over a dedicated connection and wakes the
 /// matching [`Wakes`] for every notification, until `stop` is cancelled. A lost connection is
 /// re-opened after a pause (and both are woken then, so nothing that happened meanwhile waits
 /// for the next poll).
@@ -115,7 +142,7 @@ pub async fn listen_for_notifications(url: String, wakes: Wakes, stop: Cancellat
         let listening = std::sync::atomic::AtomicBool::new(false);
         let session = async {
             let mut conn = open(&url).await?;
-            for channel in [QUEUE_CHANNEL, GATE_CHANNEL] {
+            for channel in [QUEUE_CHANNEL, EVENTS_CHANNEL, GATE_CHANNEL] {
                 diesel::sql_query(format!("LISTEN {channel}"))
                     .execute(&mut conn)
                     .await?;
@@ -124,12 +151,16 @@ pub async fn listen_for_notifications(url: String, wakes: Wakes, stop: Cancellat
             listening.store(true, std::sync::atomic::Ordering::Relaxed);
             wakes.queue.notify_one();
             wakes.gate.notify_one();
+            wakes.events.notify_one();
             let mut notifications = std::pin::pin!(conn.notifications_stream());
             while let Some(notification) = notifications.next().await {
-                if notification?.channel == GATE_CHANNEL {
-                    wakes.gate.notify_one();
-                } else {
-                    wakes.queue.notify_one();
+                match notification?.channel.as_str() {
+                    GATE_CHANNEL => wakes.gate.notify_one(),
+                    EVENTS_CHANNEL => wakes.events.notify_one(),
+                    _ => {
+                        wakes.queue.notify_one();
+                        wakes.events.notify_one();
+                    }
                 }
             }
             Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())

@@ -403,6 +403,9 @@ impl AccrualQueue for PgStore {
             .await
         }
         .map_err(from_diesel)?;
+        if !applied.is_empty() {
+            self.signal.customer_changed();
+        }
         Ok(outcomes
             .iter()
             .map(|(order, _)| applied.iter().any(|a| a.order_number == order.as_str()))
@@ -445,8 +448,16 @@ impl AccrualQueue for PgStore {
             statement.due_at.push(retry.due_at);
             statement.failures.push(failure);
         }
+        let shown = statement
+            .statuses
+            .iter()
+            .any(|status| status == "PROCESSING");
         let mut conn = self.conn().await?;
         statement.execute(&mut conn).await.map_err(from_diesel)?;
+        if shown {
+            // Orders may have come to show `PROCESSING`.
+            self.signal.customer_changed();
+        }
         Ok(())
     }
 

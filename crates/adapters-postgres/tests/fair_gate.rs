@@ -324,6 +324,7 @@ async fn a_pause_recorded_by_one_instance_is_announced_to_the_others() {
         adapters_postgres::Wakes {
             queue: Arc::default(),
             gate: gate_changed.clone(),
+            events: Arc::default(),
         },
         stop.clone(),
     ));

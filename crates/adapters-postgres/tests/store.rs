@@ -660,6 +660,7 @@ async fn uploads_are_announced_to_the_workers_of_other_instances() {
         adapters_postgres::Wakes {
             queue: wake.clone(),
             gate: Arc::default(),
+            events: Arc::default(),
         },
         stop.clone(),
     ));

@@ -106,6 +106,25 @@ pub struct Config {
     #[arg(long, env = "MAX_PENDING_ORDERS", default_value_t = 1000)]
     pub max_pending_orders: u32,
 
+    /// How long the customers' events are kept for streams that resume
+    /// (`GET /api/user/events` with `Last-Event-ID`); a client away longer is told to reload.
+    #[arg(long, env = "EVENTS_RETENTION_SECONDS", default_value_t = 86_400)]
+    pub events_retention_seconds: u64,
+
+    /// Most event streams open on one instance; more answer 429.
+    #[arg(long, env = "EVENT_STREAMS_MAX", default_value_t = 20_000)]
+    pub event_streams_max: usize,
+
+    /// Most event streams one customer may have open on one instance; more answer 429.
+    #[arg(long, env = "EVENT_STREAMS_PER_CUSTOMER", default_value_t = 5)]
+    pub event_streams_per_customer: usize,
+
+    /// How often the event log is read for open streams when no LISTEN connection wakes this
+    /// instance (DATABASE_PREPARED_STATEMENTS=false and no DATABASE_LISTEN_URI); with one, it
+    /// is read on each change and at least once a second.
+    #[arg(long, env = "EVENTS_POLL_INTERVAL_MS", default_value_t = 50)]
+    pub events_poll_interval_ms: u64,
+
     /// Requests per second one customer may keep up, in each instance; past it (and the
     /// burst) requests answer 429 with Retry-After (0 = no limit). With N instances sharing a
     /// customer's requests, the customer's total is up to N times this.

@@ -21,7 +21,10 @@ use adapters_postgres::{
 use anyhow::Context;
 use application::{
     ports::clock::SystemClock,
-    use_cases::{CustomerRequestLimit, LoginThrottle, Registrations, ThrottleConfig},
+    use_cases::{
+        CustomerRequestLimit, EventStreams, EventStreamsConfig, LoginThrottle, Registrations,
+        ThrottleConfig,
+    },
     worker::{AccrualWorker, RateGate, WorkerConfig},
 };
 use secrecy::ExposeSecret;
@@ -34,6 +37,7 @@ pub use config::Config;
 pub struct Application {
     server: Server,
     port: u16,
+    events: Arc<EventStreams>,
     stop: CancellationToken,
     background: Vec<JoinHandle<()>>,
 }
@@ -50,11 +54,14 @@ impl std::fmt::Debug for Application {
 #[derive(Debug, Clone)]
 pub struct StopHandle {
     server: ServerHandle,
+    events: Arc<EventStreams>,
 }
 
 impl StopHandle {
-    /// Stops accepting connections, lets in-flight requests finish, then stops the worker.
+    /// Ends the event streams (their clients reconnect elsewhere), stops accepting
+    /// connections, lets in-flight requests finish, then stops the worker.
     pub async fn stop(&self) {
+        self.events.stop_streams();
         self.server.stop(true).await;
     }
 }
@@ -126,6 +133,20 @@ impl Application {
         )
         .context("bcrypt cost")?;
         let clock = Arc::new(SystemClock);
+        let events = Arc::new(EventStreams::new(
+            Arc::new(store.clone()),
+            EventStreamsConfig {
+                max_streams: config.event_streams_max,
+                max_streams_per_customer: config.event_streams_per_customer,
+                poll_interval: if listen_url.is_some() {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_millis(config.events_poll_interval_ms.max(1))
+                },
+                retention: Duration::from_secs(config.events_retention_seconds),
+                ..EventStreamsConfig::default()
+            },
+        ));
         let state = AppState {
             users: Arc::new(store.clone()),
             orders: Arc::new(store.clone()),
@@ -147,6 +168,7 @@ impl Application {
                 trusted_proxies: config.trusted_proxies.clone(),
                 header: config.forwarded_header,
             },
+            events: events.clone(),
             registrations: Arc::new(Registrations::new()),
             token_lifetime: config.token_ttl(),
             secure_cookie: config.cookie_secure,
@@ -221,10 +243,13 @@ impl Application {
         let wakes = Wakes {
             queue: wake.clone(),
             gate: worker.gate().changes(),
+            events: store.events_wake(),
         };
         let mut background = vec![
             tokio::spawn(store.clone().announce_queued_orders(stop.clone())),
             tokio::spawn(worker.run(wake, stop.clone())),
+            tokio::spawn(events.clone().run(store.events_wake(), stop.clone())),
+            tokio::spawn(events.clone().prune(stop.clone())),
         ];
         if let Some(listen_url) = listen_url {
             background.push(tokio::spawn(listen_for_notifications(
@@ -236,6 +261,7 @@ impl Application {
         Ok(Self {
             server,
             port,
+            events,
             stop,
             background,
         })
@@ -252,6 +278,7 @@ impl Application {
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
             server: self.server.handle(),
+            events: self.events.clone(),
         }
     }
 

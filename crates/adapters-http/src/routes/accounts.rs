@@ -342,6 +342,10 @@ mod tests {
                 window: Duration::from_secs(60),
             }),
             request_limit: None,
+            events: Arc::new(application::use_cases::EventStreams::new(
+                Arc::new(application::ports::events::MockEventLog::new()),
+                application::use_cases::EventStreamsConfig::default(),
+            )),
             pending_limit: None,
             client_address: ClientAddressConfig::default(),
             registrations: Arc::new(Registrations::new()),

@@ -36,6 +36,15 @@ pub struct BalanceBody {
     withdrawn: Money,
 }
 
+impl From<domain::Balance> for BalanceBody {
+    fn from(balance: domain::Balance) -> Self {
+        Self {
+            current: balance.current,
+            withdrawn: balance.withdrawn,
+        }
+    }
+}
+
 /// Shows the spendable balance and the total ever spent.
 #[utoipa::path(
     get,
@@ -64,10 +73,7 @@ pub async fn balance(
     req: HttpRequest,
 ) -> Result<HttpResponse, ReadError> {
     let balance = use_cases::balance(state.ledger.as_ref(), user.0).await?;
-    let body = BalanceBody {
-        current: balance.current,
-        withdrawn: balance.withdrawn,
-    };
+    let body = BalanceBody::from(balance);
     Ok(json_or_not_modified(&req, &body, &body, None))
 }
 

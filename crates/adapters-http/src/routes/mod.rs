@@ -2,5 +2,6 @@
 
 pub mod accounts;
 pub mod balance;
+pub mod events;
 pub mod json;
 pub mod orders;

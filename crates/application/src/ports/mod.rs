@@ -2,6 +2,7 @@
 
 pub mod accrual;
 pub mod clock;
+pub mod events;
 pub mod gate;
 pub mod ledger;
 pub mod orders;
