@@ -1,7 +1,10 @@
 DROP TRIGGER accounts_changed ON accounts;
+DROP TRIGGER accounts_versioned ON accounts;
 DROP TRIGGER orders_changed ON orders;
 DROP TRIGGER orders_uploaded ON orders;
 DROP FUNCTION record_balance_event();
 DROP FUNCTION record_order_event();
+DROP FUNCTION count_account_version();
+ALTER TABLE accounts DROP COLUMN version;
 DROP TABLE events_pruned;
 DROP TABLE events;

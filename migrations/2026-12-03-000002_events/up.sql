@@ -30,6 +30,9 @@ CREATE TABLE events (
     -- ... or the balance (`balance` set), after the change.
     balance      NUMERIC(20, 2),
     withdrawn    NUMERIC(20, 2),
+    -- The account's version after the change (balance events): the order in which changes
+    -- of one account happened, which for transactions that overlap can differ from `tx`'s.
+    version      BIGINT,
     CONSTRAINT events_one_kind CHECK ((order_number IS NULL) <> (balance IS NULL))
 );
 
@@ -45,6 +48,18 @@ CREATE TABLE events_pruned (
 );
 INSERT INTO events_pruned (through) VALUES (0);
 
+-- Each change of an account's balance counts one version, under the row's lock, so versions
+-- follow the order in which the changes committed. Adding a column with a constant default
+-- rewrites nothing.
+ALTER TABLE accounts ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
+
+CREATE FUNCTION count_account_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.version := OLD.version + 1;
+    RETURN NEW;
+END
+$$;
+
 CREATE FUNCTION record_order_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO events (user_id, order_number, status, accrual, uploaded_at)
@@ -55,8 +70,8 @@ $$;
 
 CREATE FUNCTION record_balance_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO events (user_id, balance, withdrawn)
-    VALUES (NEW.user_id, NEW.balance, NEW.withdrawn);
+    INSERT INTO events (user_id, balance, withdrawn, version)
+    VALUES (NEW.user_id, NEW.balance, NEW.withdrawn, NEW.version);
     RETURN NULL;
 END
 $$;
@@ -67,6 +82,10 @@ CREATE TRIGGER orders_changed AFTER UPDATE OF status, accrual ON orders
     FOR EACH ROW
     WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.accrual IS DISTINCT FROM NEW.accrual)
     EXECUTE FUNCTION record_order_event();
+CREATE TRIGGER accounts_versioned BEFORE UPDATE OF balance, withdrawn ON accounts
+    FOR EACH ROW
+    WHEN (OLD.balance IS DISTINCT FROM NEW.balance OR OLD.withdrawn IS DISTINCT FROM NEW.withdrawn)
+    EXECUTE FUNCTION count_account_version();
 CREATE TRIGGER accounts_changed AFTER UPDATE OF balance, withdrawn ON accounts
     FOR EACH ROW
     WHEN (OLD.balance IS DISTINCT FROM NEW.balance OR OLD.withdrawn IS DISTINCT FROM NEW.withdrawn)

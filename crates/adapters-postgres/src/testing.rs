@@ -392,3 +392,170 @@ impl LedgerAudit {
         )
     }
 }
+
+/// The event log against the ledger, for tests that check that every change was recorded once.
+impl LedgerAudit {
+    /// What in the event log disagrees with the ledger: per customer, the balance events in
+    /// the order of the account's versions (the order the changes committed in) must step from zero through each withdrawal once (withdrawn up by its sum,
+    /// current down by as much) and credits (current up, withdrawn unchanged) whose sum is
+    /// what the processed orders earned, and end at the account's balance; each order must have
+    /// one event when uploaded and one with its final status and accrual, nothing after it.
+    /// Only meaningful while nothing was pruned.
+    ///
+    /// # Panics
+    /// When the database cannot be read; this is test code.
+    pub async fn event_log_violations(url: &str) -> Vec<String> {
+        use diesel::sql_types::{Int8, Nullable, Numeric, Text};
+        use rust_decimal::Decimal;
+        use std::collections::BTreeMap;
+
+        #[derive(diesel::QueryableByName)]
+        struct BalanceEvent {
+            #[diesel(sql_type = Int8)]
+            user_id: i64,
+            #[diesel(sql_type = Numeric)]
+            balance: Decimal,
+            #[diesel(sql_type = Numeric)]
+            withdrawn: Decimal,
+        }
+        #[derive(diesel::QueryableByName)]
+        struct OrderEvent {
+            #[diesel(sql_type = Text)]
+            order_number: String,
+            #[diesel(sql_type = Text)]
+            status: String,
+            #[diesel(sql_type = Nullable<Numeric>)]
+            accrual: Option<Decimal>,
+        }
+        #[derive(diesel::QueryableByName)]
+        struct Amount {
+            #[diesel(sql_type = Int8)]
+            user_id: i64,
+            #[diesel(sql_type = Text)]
+            key: String,
+            #[diesel(sql_type = Nullable<Numeric>)]
+            amount: Option<Decimal>,
+        }
+        let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+        let balances: Vec<BalanceEvent> = diesel::sql_query(
+            "SELECT user_id, balance, withdrawn FROM events WHERE balance IS NOT NULL \
+             ORDER BY user_id, version",
+        )
+        .load(&mut conn)
+        .await
+        .expect("balance events");
+        let order_events: Vec<OrderEvent> = diesel::sql_query(
+            "SELECT order_number, status::text AS status, accrual FROM events \
+             WHERE order_number IS NOT NULL ORDER BY tx, id",
+        )
+        .load(&mut conn)
+        .await
+        .expect("order events");
+        let withdrawals: Vec<Amount> = diesel::sql_query(
+            "SELECT user_id, order_number AS key, sum AS amount FROM withdrawals",
+        )
+        .load(&mut conn)
+        .await
+        .expect("withdrawals");
+        let orders: Vec<Amount> = diesel::sql_query(
+            "SELECT user_id, number || ' ' || status::text AS key, accrual AS amount FROM orders",
+        )
+        .load(&mut conn)
+        .await
+        .expect("orders");
+        let accounts: Vec<BalanceEvent> =
+            diesel::sql_query("SELECT user_id, balance, withdrawn FROM accounts")
+                .load(&mut conn)
+                .await
+                .expect("accounts");
+
+        let mut violations = Vec::new();
+        // Per customer: the balance after the last event, the withdrawals' sums seen, credits.
+        let mut seen: BTreeMap<i64, (Decimal, Decimal, Vec<Decimal>, Decimal)> = BTreeMap::new();
+        for event in &balances {
+            let (current, withdrawn, sums, credited) = seen.entry(event.user_id).or_default();
+            let spent = event.withdrawn - *withdrawn;
+            let gained = event.balance - *current;
+            if spent > Decimal::ZERO && gained == -spent {
+                sums.push(spent);
+            } else if spent == Decimal::ZERO && gained > Decimal::ZERO {
+                *credited += gained;
+            } else {
+                violations.push(format!(
+                    "user {}: a balance event from ({current}, {withdrawn}) to ({}, {}) is neither one withdrawal nor a credit",
+                    event.user_id, event.balance, event.withdrawn
+                ));
+            }
+            (*current, *withdrawn) = (event.balance, event.withdrawn);
+        }
+        let mut expected_sums: BTreeMap<i64, Vec<Decimal>> = BTreeMap::new();
+        for withdrawal in &withdrawals {
+            expected_sums
+                .entry(withdrawal.user_id)
+                .or_default()
+                .push(withdrawal.amount.unwrap_or_default());
+        }
+        let mut earned: BTreeMap<i64, Decimal> = BTreeMap::new();
+        let mut final_orders = BTreeMap::new();
+        for order in &orders {
+            *earned.entry(order.user_id).or_default() += order.amount.unwrap_or_default();
+            let (number, status) = order.key.split_once(' ').expect("number and status");
+            final_orders.insert(number.to_owned(), (status.to_owned(), order.amount));
+        }
+        for account in &accounts {
+            let user = account.user_id;
+            let (current, withdrawn, mut sums, credited) = seen.remove(&user).unwrap_or_default();
+            let mut expected = expected_sums.remove(&user).unwrap_or_default();
+            sums.sort();
+            expected.sort();
+            if sums != expected {
+                violations.push(format!(
+                    "user {user}: withdrawals in the log {sums:?}, in the ledger {expected:?}"
+                ));
+            }
+            let earned = earned.get(&user).copied().unwrap_or_default();
+            if credited != earned {
+                violations.push(format!(
+                    "user {user}: credits in the log {credited}, earned {earned}"
+                ));
+            }
+            if (current, withdrawn) != (account.balance, account.withdrawn) {
+                violations.push(format!(
+                    "user {user}: the log ends at ({current}, {withdrawn}), the account holds ({}, {})",
+                    account.balance, account.withdrawn
+                ));
+            }
+        }
+        // Orders: uploaded once, final once, nothing after the final status.
+        let mut history: BTreeMap<&str, Vec<(&str, Option<Decimal>)>> = BTreeMap::new();
+        for event in &order_events {
+            history
+                .entry(event.order_number.as_str())
+                .or_default()
+                .push((event.status.as_str(), event.accrual));
+        }
+        for (number, (status, accrual)) in &final_orders {
+            let events = history.remove(number.as_str()).unwrap_or_default();
+            let uploads = events.iter().filter(|(s, _)| *s == "NEW").count();
+            if <[_]>::first(&events).map(|(s, _)| *s) != Some("NEW") || uploads != 1 {
+                violations.push(format!(
+                    "order {number}: events {events:?}, not one upload first"
+                ));
+            }
+            if status == "PROCESSED" || status == "INVALID" {
+                let finals = events.iter().filter(|(s, _)| s == status).count();
+                if finals != 1 || events.last() != Some(&(status.as_str(), *accrual)) {
+                    violations.push(format!(
+                        "order {number}: events {events:?}, final {status} {accrual:?} not once and last"
+                    ));
+                }
+            }
+        }
+        for (number, events) in history {
+            violations.push(format!(
+                "events {events:?} of order {number}, which does not exist"
+            ));
+        }
+        violations
+    }
+}

@@ -2,7 +2,9 @@
 //! rate-limits, many clients registering, uploading and withdrawing, and instances killed with
 //! SIGKILL and restarted at random moments. Once the faults stop and the queue drains, the
 //! ledger must be exact: every acknowledged order and withdrawal exists, nothing else does,
-//! every account holds exactly what its processed orders earned, no balance is negative.
+//! every account holds exactly what its processed orders earned, no balance is negative; and
+//! the customers' event log holds every upload, final status, credit and withdrawal once, in
+//! an order that steps each balance from zero to what it is.
 //!
 //! `CHAOS_SECONDS` sets the length of the faulty phase (default 15; `make chaos` runs longer)
 //! and `CHAOS_RATE_LIMIT` the accrual system's limit per minute during it (default 0, none).
@@ -263,6 +265,8 @@ async fn the_ledger_stays_exact_through_kills_and_accrual_faults() {
     if !audit.is_clean() {
         violations.push(format!("ledger audit: {audit:?}"));
     }
+    // Every credit and withdrawal is in the customers' event log once, in order.
+    violations.extend(LedgerAudit::event_log_violations(&cluster.db_url).await);
     // Every user's balance, through the API, equals what their stored orders earned.
     let healthy_base = cluster.base(0);
     for (user, token) in tokens.iter().enumerate() {
