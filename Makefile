@@ -4,16 +4,17 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: pooled-tests pooler-experiment abuse-experiment switchover-experiment failover-test debug-bins run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short
+.PHONY: pooled-tests pooler-experiment abuse-experiment switchover-experiment failover-test debug-bins run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short events-experiment
 
 help:
 	@echo "make run    - PostgreSQL (throwaway unless DATABASE_URI is set), accrual on :8081, gophermart on :8080"
 	@echo "make test   - formatting, clippy -D warnings and every test"
 	@echo "make lint   - clippy with warnings as errors"
 	@echo "make fmt    - format the code"
-	@echo "make test-browser - the Swagger UI page in headless Chromium (installs it when root)"
+	@echo "make test-browser - the Swagger UI page and live updates (EventSource) in headless Chromium (installs it when root)"
 	@echo "make chaos  - three instances, accrual faults and SIGKILLs for CHAOS_SECONDS (180), then the ledger audit"
 	@echo "make abuse-experiment - brute force, a proxy's clients and a hoarding customer against three instances (release build)"
+	@echo "make events-experiment - event stream latency across two instances, and 10,000 open streams on one (release build)"
 	@echo "make switchover-experiment - planned switchovers under pg_auto_failover while customers write (release build)"
 	@echo "make failover-test - crash, rejoin, switchover and silent primary under pg_auto_failover while customers write (debug build; not yet part of make test, see docs/reliability.md)"
 
@@ -71,6 +72,11 @@ pooler-experiment: build
 # uploading 10,000 unknown numbers.
 abuse-experiment: build
 	scripts/with-postgres.sh python3 scripts/abuse-experiment.py
+
+# GET /api/user/events on release binaries (scripts/events-experiment.py): delivery latency
+# between two instances under upload load, and 10,000 streams open on one instance.
+events-experiment: build
+	scripts/with-postgres.sh python3 scripts/events-experiment.py
 
 # Planned switchovers of the database's primary under load: a throwaway pg_auto_failover
 # formation (a monitor and two nodes with synchronous replication; scripts/with-auto-failover.sh

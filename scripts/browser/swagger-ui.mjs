@@ -1,20 +1,32 @@
 // Drives the browsable API page of a running Gophermart in headless Chromium: the page lists
-// the seven customer operations, "Try it out" on register registers a customer against the
-// service and shows its 200, and a screenshot of that is saved.
+// the eight customer operations (GET /api/user/events among them), "Try it out" on register
+// registers a customer against the service and shows its 200, and a screenshot of that is
+// saved. Then, in the same page with that customer signed in, the live updates of
+// GET /api/user/events (./events.mjs): an EventSource sees an order go to PROCESSED through our
+// accrual system, and, across a restart of the service, reconnects by itself and receives the
+// event it missed while the service was down, once.
 //
 // Environment: GOPHERMART_URL (e.g. http://127.0.0.1:40123), SCREENSHOT (a .png path),
-// CHROMIUM (the browser executable, default /usr/bin/chromium).
+// ACCRUAL_URL (the accrual system gophermart uses), GOPHERMART_PID (the process to stop for the
+// restart), RESTART_REQUEST (the file that tells scripts/test-browser.sh which order to insert
+// while the service is down), CHROMIUM (the browser executable, default /usr/bin/chromium).
+// The browser's profile is a new folder in TMPDIR, removed at the end.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
+import { checkLiveUpdates } from './events.mjs';
+
 const base = process.env.GOPHERMART_URL;
 const screenshot = process.env.SCREENSHOT;
+const accrualUrl = process.env.ACCRUAL_URL;
+const gophermartPid = Number(process.env.GOPHERMART_PID);
+const restartRequest = process.env.RESTART_REQUEST;
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-if (!base || !screenshot) {
-  console.error('GOPHERMART_URL and SCREENSHOT must be set');
+if (!base || !screenshot || !accrualUrl || !gophermartPid || !restartRequest) {
+  console.error('GOPHERMART_URL, SCREENSHOT, ACCRUAL_URL, GOPHERMART_PID and RESTART_REQUEST must be set');
   process.exit(2);
 }
 
@@ -26,6 +38,7 @@ const expected = [
   'GET /api/user/balance',
   'POST /api/user/balance/withdraw',
   'GET /api/user/withdrawals',
+  'GET /api/user/events',
 ];
 const timeout = 20_000;
 
@@ -75,7 +88,7 @@ try {
   if (missing.length > 0) {
     fail(`the page does not list ${missing.join(', ')}; it lists ${listed.join(', ')}`);
   }
-  console.log(`listed ${listed.length} operations, the seven customer ones among them`);
+  console.log(`listed ${listed.length} operations, the eight customer ones among them`);
 
   const register = page.locator('#operations-accounts-register');
   await register.locator('.opblock-summary').click();
@@ -133,6 +146,11 @@ try {
     },
   });
   console.log(`screenshot: ${screenshot}`);
+
+  await checkLiveUpdates({ page, base, login, accrualUrl, gophermartPid, restartRequest });
+  if (external.length > 0) {
+    fail(`the page fetched from outside the service: ${external.join(', ')}`);
+  }
 } finally {
   await context.close();
   rmSync(profile, { recursive: true, force: true });
