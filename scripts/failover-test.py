@@ -55,7 +55,7 @@ import sys
 import threading
 import time
 
-from experiments import Instance, Workload, psql, warnings
+from experiments import MONITOR_WATCH, NODE_WATCH, Instance, Timeline, Workload, psql, warnings
 
 BIN = os.environ.get("BIN", "target/debug")
 CUSTOMERS = 8
@@ -338,6 +338,14 @@ def main():
     )
     workload = None
     failures = []
+    timeline = None
+    keep = os.path.join(os.environ["AUTOFAILOVER_DIR"], "keep")
+    if os.path.isdir(keep) and os.environ.get("AUTOFAILOVER_MONITOR_URI"):
+        timeline = Timeline(
+            os.path.join(keep, "timeline.txt"),
+            [(n.name, n.uri, NODE_WATCH) for n in nodes]
+            + [("monitor", os.environ["AUTOFAILOVER_MONITOR_URI"], MONITOR_WATCH)],
+        )
     try:
         # The direct write probe's table, beside Gophermart's (the audit reads only its own).
         psql(
@@ -366,7 +374,11 @@ def main():
             watch = PrimaryWatch(candidates)
             probe = WriteProbe(candidates)
             started = time.time()
+            if timeline:
+                timeline.note(f"{name} begins (primary {old.name})")
             what, new = scenario(nodes, old)
+            if timeline:
+                timeline.note(f"{name}: {what}")
             if new is not None:
                 wait_until(f"{new.name} promoted", lambda: new.name in watch.since, 90)
             wait_until(f"{name}: a write acknowledged", lambda: workload.first_write_after(time.time() - 0.5), 60)
@@ -423,6 +435,12 @@ def main():
                 print("    ", problem)
             if audit:
                 print(audit_output)
+            if (lost_uploads or lost_withdrawals) and timeline:
+                missing = workload.missing(URI)
+                timeline.note(f"{name}: {len(missing)} acknowledged writes missing")
+                with open(os.path.join(keep, "lost.txt"), "a") as out:
+                    for number, at in sorted(missing.items(), key=lambda item: item[1] or 0):
+                        out.write(f"{name} {number} acknowledged {time.strftime('%H:%M:%S', time.gmtime(at or 0))}.{int(((at or 0) % 1) * 1000):03d}\n")
             for failed, why in (
                 (fives, f"{fives} answers 500"),
                 (lost_uploads or lost_withdrawals, "acknowledged writes lost"),
@@ -438,6 +456,8 @@ def main():
                 break
             workload.resume()
     finally:
+        if timeline:
+            timeline.stop()
         continue_stopped()
         if workload is not None:
             workload.finish()
