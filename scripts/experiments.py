@@ -510,3 +510,25 @@ class Timeline:
         for thread in self.threads:
             thread.join(timeout=5)
         self.file.close()
+
+
+def keeper_processes(pgdata):
+    """The pid of the `pg_autoctl: node active` process (the keeper that talks to the monitor
+    and runs the node's transitions) of the node whose data directory is `pgdata`: in the
+    process group of the `pg_autoctl ... --pgdata PGDATA` that supervises it."""
+    import os
+
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                pgid = int(f.read().rsplit(")", 1)[1].split()[2])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        table[int(entry)] = (pgid, args)
+    groups = {pgid for pgid, args in table.values() if pgdata in args}
+    return [pid for pid, (pgid, args) in table.items() if pgid in groups and " ".join(args).strip() == "pg_autoctl: node active"]

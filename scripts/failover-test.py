@@ -33,8 +33,10 @@ write probe sends each node that may become primary an INSERT of its own into a 
 Gophermart's (failover_probe, created before the scenarios and dropped after them; the audit
 reads only Gophermart's tables) every FAILOVER_PROBE_MS, each in its own connection with
 statement_timeout at FAILOVER_PROBE_WAIT_MS. A write is taken only when answered without an
-error or a warning (a read-only node refuses it; a commit whose wait for the synchronous
-standby the timeout cancels is answered with a WARNING). Per scenario with a new primary it
+error or a warning within FAILOVER_PROBE_WAIT_MS + 1 s (a read-only node refuses it; a commit
+still waiting for the synchronous standby is given up then: statement_timeout does not end
+that wait; a commit whose wait is cancelled, as pg_autoctl does when it disables synchronous
+replication, is answered with a WARNING). Per scenario with a new primary it
 prints the promotion, the first direct write taken and the instance's first acknowledged
 write, from the failure's start, the gap between the last two (the time Gophermart itself
 adds once the database takes writes), and what the customers' writes were doing then.
@@ -149,9 +151,12 @@ class WriteProbe:
 
     A write is one autocommit INSERT into PROBE_TABLE through psql, with statement_timeout at
     PROBE_WAIT_MS, so its commit waits for the synchronous standby as any other. It is taken
-    only when psql ends without an error and without a warning: a read-only node refuses it,
-    and a commit still waiting for a standby (none named, or one gone) when the timeout cancels
-    the wait is committed locally but answered with a WARNING, which is not taken. As the
+    only when psql ends without an error and without a warning within PROBE_WAIT_MS + 1 s: a
+    read-only node refuses it; a commit still waiting for a standby (none named, or one gone)
+    is given up then (statement_timeout does not end a wait for the synchronous standby, which
+    comes after the statement); and one whose wait is cancelled (pg_cancel_backend, as
+    pg_autoctl does when it disables synchronous replication) is committed locally but
+    answered with a WARNING, which is not taken. As the
     writes overlap, one held at its commit is answered when the commit is released; a node
     that refuses writes at once (pg_autoctl's stop_replication sets
     default_transaction_read_only) is known to take them within one attempt. Each write is

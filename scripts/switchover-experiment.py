@@ -25,18 +25,36 @@ SWITCHOVER_STOP_ON_LOSS=1 ends the experiment at the first switchover that lost 
 the old primary may still hold them. SWITCHOVER_LOAD=N runs N busy loops beside it (a loaded
 machine, as with other builds running), ended with it.
 
+Two faults reproduce the run of the failover test that lost 849 acknowledged uploads and as
+many withdrawals (docs/reliability.md, "The switchover that lost acknowledged writes"):
+SWITCHOVER_STALL_KEEPER=S stops the old primary's keeper (`pg_autoctl: node active`, SIGSTOP)
+for S seconds from each switchover's start, as a keeper starved on a loaded machine, so that it
+neither reports `draining` nor stops its PostgreSQL; SWITCHOVER_SYNC_OFF=1 first empties the
+old primary's synchronous_standby_names (ALTER SYSTEM and a reload, as pg_autoctl does when it
+moves a primary to `wait_primary`), so that its commits no longer wait for the standby.
+
 Environment: DATABASE_URI, AUTOFAILOVER_* (from scripts/with-auto-failover.sh); BIN
 (target/release), SWITCHOVER_RUNS (5), SWITCHOVER_STEADY_SECONDS (3), SWITCHOVER_LOAD (0),
-SWITCHOVER_STOP_ON_LOSS (0).
+SWITCHOVER_STOP_ON_LOSS (0), SWITCHOVER_STALL_KEEPER (0), SWITCHOVER_SYNC_OFF (0).
 """
 
 import collections
 import os
+import signal
 import subprocess
 import sys
 import time
 
-from experiments import MONITOR_WATCH, NODE_WATCH, Instance, Timeline, Workload, psql, warnings
+from experiments import (
+    MONITOR_WATCH,
+    NODE_WATCH,
+    Instance,
+    Timeline,
+    Workload,
+    keeper_processes,
+    psql,
+    warnings,
+)
 
 BIN = os.environ.get("BIN", "target/release")
 CUSTOMERS = 8
@@ -45,6 +63,8 @@ STEADY = float(os.environ.get("SWITCHOVER_STEADY_SECONDS", "3"))
 URI = os.environ["DATABASE_URI"]
 LOAD = int(os.environ.get("SWITCHOVER_LOAD", "0"))
 STOP_ON_LOSS = os.environ.get("SWITCHOVER_STOP_ON_LOSS") == "1"
+STALL = float(os.environ.get("SWITCHOVER_STALL_KEEPER", "0"))
+SYNC_OFF = os.environ.get("SWITCHOVER_SYNC_OFF") == "1"
 KEEP = os.path.join(os.environ.get("AUTOFAILOVER_DIR", "/nonexistent"), "keep")
 NODES = {"node1": os.environ.get("AUTOFAILOVER_NODE1_URI"), "node2": os.environ.get("AUTOFAILOVER_NODE2_URI")}
 
@@ -93,6 +113,45 @@ def primary_port():
     return psql(URI, "SELECT inet_server_port()")[0]
 
 
+def faults(port, timeline):
+    """SWITCHOVER_SYNC_OFF and SWITCHOVER_STALL_KEEPER on the node at `port` (the primary);
+    returns the stopped keeper's pids and when to continue them."""
+    name = next(n for n, uri in NODES.items() if uri and uri.rsplit(":", 1)[1].split("/")[0] == port)
+    if SYNC_OFF:
+        psql(NODES[name], "ALTER SYSTEM SET synchronous_standby_names = ''")
+        psql(NODES[name], "SELECT pg_reload_conf()")
+        if timeline:
+            timeline.note(f"{name}: synchronous_standby_names emptied")
+        time.sleep(1)
+    if not STALL:
+        return [], 0
+    pids = keeper_processes(os.path.join(os.environ["AUTOFAILOVER_DIR"], name))
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    if timeline:
+        timeline.note(f"{name}: keeper {pids} stopped for {STALL:.0f} s")
+    return pids, time.time() + STALL
+
+
+def resume(pids, at, timeline):
+    """Continues the stopped keeper at `at`, in the background."""
+    import threading
+
+    def later():
+        time.sleep(max(0.0, at - time.time()))
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if timeline:
+            timeline.note(f"keeper {pids} continued")
+
+    thread = threading.Thread(target=later, daemon=True)
+    thread.start()
+    return thread
+
+
 def main():
     loops = busy_loops(LOAD)
     timeline = None
@@ -118,10 +177,16 @@ def main():
         for run in range(1, RUNS + 1):
             time.sleep(STEADY)
             old = primary_port()
+            stalled, until = faults(old, timeline)
             if timeline:
                 timeline.note(f"switchover {run} begins (primary :{old})")
             started = time.time()
-            subprocess.run([os.environ["AUTOFAILOVER_CTL"], "switchover"], check=True, capture_output=True)
+            continuing = resume(stalled, until, timeline) if stalled else None
+            try:
+                subprocess.run([os.environ["AUTOFAILOVER_CTL"], "switchover"], check=True, capture_output=True)
+            finally:
+                if continuing:
+                    continuing.join()
             switched = time.time()
             if timeline:
                 timeline.note(f"switchover {run} done")
