@@ -93,7 +93,10 @@ impl LedgerRepository for PgStore {
         .await
         .optional();
         match result {
-            Ok(Some(_)) => return Ok(WithdrawOutcome::Withdrawn),
+            Ok(Some(_)) => {
+                self.confirm_synchronous_standby(&mut conn).await?;
+                return Ok(WithdrawOutcome::Withdrawn);
+            }
             Ok(None) => {}
             Err(e) if is_unique_violation(&e, "withdrawals_order_number_key") => {}
             Err(e) => return Err(from_diesel(e)),
@@ -106,6 +109,8 @@ impl LedgerRepository for PgStore {
             .await
             .optional()
             .map_err(from_diesel)?;
+        // "Already withdrawn" tells of a stored withdrawal too.
+        self.confirm_synchronous_standby(&mut conn).await?;
         Ok(match previous {
             None => WithdrawOutcome::InsufficientFunds,
             Some((owner, previous_sum)) if owner == user.0 && previous_sum == sum.amount() => {
