@@ -226,6 +226,8 @@ class Workload:
         # (end, kind, status, seconds)
         self.events = []
         self.uploads, self.withdrawals = set(), set()
+        # When each acknowledged write was answered, by number.
+        self.acknowledged_at = {}
         # By customer: every withdrawal number tried, and those answered 200.
         self.tried = {t: set() for t in tokens}
         self.withdrawn = {t: set() for t in tokens}
@@ -276,6 +278,8 @@ class Workload:
             time.sleep(0.02)
 
     def customer(self, token):
+        import time
+
         rounds = 0
         while not self.stop.is_set():
             with self.held:
@@ -292,6 +296,7 @@ class Workload:
             if status in (200, 202):
                 with self.lock:
                     self.uploads.add(number)
+                    self.acknowledged_at[number] = time.time()
             order = self.next_number()
             with self.lock:
                 self.tried[token].add(order)
@@ -305,6 +310,7 @@ class Workload:
             if status == 200:
                 with self.lock:
                     self.withdrawals.add(order)
+                    self.acknowledged_at[order] = time.time()
                     self.withdrawn[token].add(order)
             if self.reads:
                 self.request(token, "balance", lambda: call("GET", self.base + "/api/user/balance", token=token))
@@ -358,6 +364,17 @@ class Workload:
                 default=None,
             )
 
+    def missing(self, uri):
+        """The acknowledged uploads and withdrawals missing on `uri`'s primary, by number, with
+        when each was acknowledged."""
+        with self.lock:
+            uploads, withdrawals = set(self.uploads), set(self.withdrawals)
+            at = dict(self.acknowledged_at)
+        gone = (uploads - set(psql(uri, "SELECT number FROM orders"))) | (
+            withdrawals - set(psql(uri, "SELECT order_number FROM withdrawals"))
+        )
+        return {number: at.get(number) for number in gone}
+
     def lost(self, uri):
         """(acknowledged uploads, missing, acknowledged withdrawals, missing) on `uri`'s primary."""
         with self.lock:
@@ -405,3 +422,113 @@ def collections_by_login(rows):
         login, number = row.split("|", 1)
         by_login.setdefault(login, set()).add(number)
     return by_login
+
+
+NODE_WATCH = (
+    "SELECT to_char(clock_timestamp(), 'HH24:MI:SS.MS'), "
+    "CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE 'primary' END, "
+    "'sync_names=' || quote_literal(current_setting('synchronous_standby_names')), "
+    "'read_only=' || current_setting('default_transaction_read_only'), "
+    "'replicas=' || coalesce((SELECT string_agg(application_name || ':' || state || ':' || sync_state, ',') "
+    "FROM pg_stat_replication), '-'), "
+    "'sync_waits=' || (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep')"
+)
+MONITOR_WATCH = (
+    "SELECT to_char(clock_timestamp(), 'HH24:MI:SS.MS'), "
+    "string_agg(nodename || ':' || reportedstate || '/' || goalstate || ':health=' || health, ' ' ORDER BY nodeid) "
+    "FROM pgautofailover.node"
+)
+
+
+class Timeline:
+    """Records, every `period` seconds, what each server says of itself (primary or standby,
+    synchronous_standby_names, default_transaction_read_only, its replicas and the sessions
+    waiting for a synchronous standby) and the monitor's reported and assigned states: one
+    line per change, with the server's clock, in `path`. One psql per server repeats its
+    query (`\\watch`); a server that goes away is asked again every 0.2 s."""
+
+    def __init__(self, path, sources, period=0.1):
+        import threading
+
+        self.path, self.period = path, period
+        self.file = open(path, "a", buffering=1)
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.processes = {}
+        self.threads = [
+            threading.Thread(target=self.watch, args=(name, uri, sql), daemon=True) for name, uri, sql in sources
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def note(self, text):
+        """A line of the caller's own (what it did, and when by this machine's clock)."""
+        import datetime
+
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        with self.lock:
+            self.file.write(f"{now} test: {text}\n")
+
+    def watch(self, name, uri, sql):
+        import subprocess
+        import time
+
+        last = None
+        while not self.done.is_set():
+            process = subprocess.Popen(
+                ["psql", uri, "-XAtq", "-F", " ", "-v", "ON_ERROR_STOP=1"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**__import__("os").environ, "PGCONNECT_TIMEOUT": "2"},
+            )
+            self.processes[name] = process
+            process.stdin.write(f"{sql}\n\\watch {self.period}\n")
+            process.stdin.flush()
+            for line in process.stdout:
+                line = line.rstrip("\n")
+                # Only the query's rows: psql's complaints end in "no answer" below.
+                if len(line) < 13 or line[2] != ":" or line[8] != ".":
+                    continue
+                at, _, state = line.partition(" ")
+                if state != last:
+                    last = state
+                    with self.lock:
+                        self.file.write(f"{at} {name}: {state}\n")
+            process.wait()
+            if last != "(no answer)":
+                last = "(no answer)"
+                self.note(f"{name}: no answer")
+            time.sleep(0.2)
+
+    def stop(self):
+        self.done.set()
+        for process in list(self.processes.values()):
+            if process.poll() is None:
+                process.terminate()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self.file.close()
+
+
+def keeper_processes(pgdata):
+    """The pid of the `pg_autoctl: node active` process (the keeper that talks to the monitor
+    and runs the node's transitions) of the node whose data directory is `pgdata`: in the
+    process group of the `pg_autoctl ... --pgdata PGDATA` that supervises it."""
+    import os
+
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                pgid = int(f.read().rsplit(")", 1)[1].split()[2])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        table[int(entry)] = (pgid, args)
+    groups = {pgid for pgid, args in table.values() if pgdata in args}
+    return [pid for pid, (pgid, args) in table.items() if pgid in groups and " ".join(args).strip() == "pg_autoctl: node active"]

@@ -33,8 +33,10 @@ write probe sends each node that may become primary an INSERT of its own into a 
 Gophermart's (failover_probe, created before the scenarios and dropped after them; the audit
 reads only Gophermart's tables) every FAILOVER_PROBE_MS, each in its own connection with
 statement_timeout at FAILOVER_PROBE_WAIT_MS. A write is taken only when answered without an
-error or a warning (a read-only node refuses it; a commit whose wait for the synchronous
-standby the timeout cancels is answered with a WARNING). Per scenario with a new primary it
+error or a warning within FAILOVER_PROBE_WAIT_MS + 1 s (a read-only node refuses it; a commit
+still waiting for the synchronous standby is given up then: statement_timeout does not end
+that wait; a commit whose wait is cancelled, as pg_autoctl does when it disables synchronous
+replication, is answered with a WARNING). Per scenario with a new primary it
 prints the promotion, the first direct write taken and the instance's first acknowledged
 write, from the failure's start, the gap between the last two (the time Gophermart itself
 adds once the database takes writes), and what the customers' writes were doing then.
@@ -55,7 +57,7 @@ import sys
 import threading
 import time
 
-from experiments import Instance, Workload, psql, warnings
+from experiments import MONITOR_WATCH, NODE_WATCH, Instance, Timeline, Workload, psql, warnings
 
 BIN = os.environ.get("BIN", "target/debug")
 CUSTOMERS = 8
@@ -149,9 +151,12 @@ class WriteProbe:
 
     A write is one autocommit INSERT into PROBE_TABLE through psql, with statement_timeout at
     PROBE_WAIT_MS, so its commit waits for the synchronous standby as any other. It is taken
-    only when psql ends without an error and without a warning: a read-only node refuses it,
-    and a commit still waiting for a standby (none named, or one gone) when the timeout cancels
-    the wait is committed locally but answered with a WARNING, which is not taken. As the
+    only when psql ends without an error and without a warning within PROBE_WAIT_MS + 1 s: a
+    read-only node refuses it; a commit still waiting for a standby (none named, or one gone)
+    is given up then (statement_timeout does not end a wait for the synchronous standby, which
+    comes after the statement); and one whose wait is cancelled (pg_cancel_backend, as
+    pg_autoctl does when it disables synchronous replication) is committed locally but
+    answered with a WARNING, which is not taken. As the
     writes overlap, one held at its commit is answered when the commit is released; a node
     that refuses writes at once (pg_autoctl's stop_replication sets
     default_transaction_read_only) is known to take them within one attempt. Each write is
@@ -338,6 +343,14 @@ def main():
     )
     workload = None
     failures = []
+    timeline = None
+    keep = os.path.join(os.environ["AUTOFAILOVER_DIR"], "keep")
+    if os.path.isdir(keep) and os.environ.get("AUTOFAILOVER_MONITOR_URI"):
+        timeline = Timeline(
+            os.path.join(keep, "timeline.txt"),
+            [(n.name, n.uri, NODE_WATCH) for n in nodes]
+            + [("monitor", os.environ["AUTOFAILOVER_MONITOR_URI"], MONITOR_WATCH)],
+        )
     try:
         # The direct write probe's table, beside Gophermart's (the audit reads only its own).
         psql(
@@ -366,7 +379,11 @@ def main():
             watch = PrimaryWatch(candidates)
             probe = WriteProbe(candidates)
             started = time.time()
+            if timeline:
+                timeline.note(f"{name} begins (primary {old.name})")
             what, new = scenario(nodes, old)
+            if timeline:
+                timeline.note(f"{name}: {what}")
             if new is not None:
                 wait_until(f"{new.name} promoted", lambda: new.name in watch.since, 90)
             wait_until(f"{name}: a write acknowledged", lambda: workload.first_write_after(time.time() - 0.5), 60)
@@ -423,6 +440,12 @@ def main():
                 print("    ", problem)
             if audit:
                 print(audit_output)
+            if (lost_uploads or lost_withdrawals) and timeline:
+                missing = workload.missing(URI)
+                timeline.note(f"{name}: {len(missing)} acknowledged writes missing")
+                with open(os.path.join(keep, "lost.txt"), "a") as out:
+                    for number, at in sorted(missing.items(), key=lambda item: item[1] or 0):
+                        out.write(f"{name} {number} acknowledged {time.strftime('%H:%M:%S', time.gmtime(at or 0))}.{int(((at or 0) % 1) * 1000):03d}\n")
             for failed, why in (
                 (fives, f"{fives} answers 500"),
                 (lost_uploads or lost_withdrawals, "acknowledged writes lost"),
@@ -438,6 +461,8 @@ def main():
                 break
             workload.resume()
     finally:
+        if timeline:
+            timeline.stop()
         continue_stopped()
         if workload is not None:
             workload.finish()

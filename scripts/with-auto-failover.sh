@@ -20,6 +20,14 @@
 #                         others), `$AUTOFAILOVER_CTL pg COMMAND...` (as `postgres`)
 #   AUTOFAILOVER_DIR      the folder: the nodes' data directories are $AUTOFAILOVER_DIR/node1
 #                         and $AUTOFAILOVER_DIR/node2
+#   AUTOFAILOVER_MONITOR_URI  the monitor's database, as `postgres` (its pgautofailover tables)
+#
+# AUTOFAILOVER_KEEP_LOGS=DIR keeps what tells a run's story when the command fails (with
+# AUTOFAILOVER_KEEP_ALWAYS=1, whatever its outcome): in a new folder under DIR, outside the
+# throwaway one, the monitor's events (`pg_autoctl show events`) and state, pg_autoctl's log
+# (both keepers' and the monitor's), every server's PostgreSQL log (their lines start with
+# a millisecond timestamp) and whatever the command wrote to $AUTOFAILOVER_DIR/keep/. The
+# folder is printed at the end.
 #
 # A test may stop (SIGSTOP) or kill any of the formation's processes: on exit every process of
 # the formation is continued first, then ended.
@@ -89,8 +97,31 @@ chmod 755 "$ctl"
 [[ "$(id -u)" == 0 ]] && chown postgres "$ctl"
 
 groups=()
+status=1
+keep_logs() {
+    local keep
+    [[ -n "${AUTOFAILOVER_KEEP_LOGS:-}" ]] || return 0
+    [[ "$status" != 0 || "${AUTOFAILOVER_KEEP_ALWAYS:-}" == 1 ]] || return 0
+    mkdir -p "$AUTOFAILOVER_KEEP_LOGS"
+    keep="$(mktemp -d -p "$AUTOFAILOVER_KEEP_LOGS" "autofailover-$(date -u +%Y%m%dT%H%M%SZ)-XXXX")"
+    # The monitor still runs: its events and the nodes' states as it last saw them.
+    timeout 20 "$ctl" pg pg_autoctl show events --count 100000 --monitor "$monitor_uri" \
+        >"$keep/events.txt" 2>&1 || true
+    timeout 20 "$ctl" pg psql -X -h 127.0.0.1 -p "$monitor_port" -d pg_auto_failover \
+        -c "SELECT eventtime, nodename, reportedstate, goalstate, reportedrepstate, reportedlsn, description FROM pgautofailover.event ORDER BY eventid" \
+        >"$keep/events-full.txt" 2>&1 || true
+    timeout 20 "$ctl" state >"$keep/state.txt" 2>&1 || true
+    cp "$dir/autoctl.log" "$keep/" 2>/dev/null || true
+    for node in monitor node1 node2; do
+        [[ -d "$dir/$node/log" ]] && cp -r "$dir/$node/log" "$keep/$node-postgresql-log"
+    done
+    [[ -d "$dir/keep" ]] && cp -r "$dir/keep" "$keep/command"
+    chmod -R a+rX "$keep"
+    echo "with-auto-failover: the formation's logs are kept in $keep" >&2
+}
 stop_all() {
     local group proc
+    keep_logs || true
     [[ -f "$dir/groups" ]] && mapfile -t -O "${#groups[@]}" groups <"$dir/groups"
     # A stopped process ends only once continued: continue the pg_autoctl groups and every
     # PostgreSQL process (a server's processes work in its data directory, each in a process
@@ -180,6 +211,8 @@ export AUTOFAILOVER_NODE1_URI="postgres://postgres@127.0.0.1:$node1_port/gopherm
 export AUTOFAILOVER_NODE2_URI="postgres://postgres@127.0.0.1:$node2_port/gophermart"
 export AUTOFAILOVER_CTL="$ctl"
 export AUTOFAILOVER_DIR="$dir"
+export AUTOFAILOVER_MONITOR_URI="postgres://postgres@127.0.0.1:$monitor_port/pg_auto_failover"
+mkdir -p "$dir/keep"
 echo "with-auto-failover: monitor on :$monitor_port, nodes on :$node1_port (primary) and :$node2_port" >&2
 set +e
 "$@"

@@ -19,6 +19,9 @@
 //! - a failure is translated from its SQLSTATE, so a session the server ends (57P01–57P03) or
 //!   a connection exception (class 08) reads as the database being unavailable, and the
 //!   connection is discarded (see [`from_tokio_postgres`]);
+//! - a statement during which PostgreSQL sent a plain `WARNING` (SQLSTATE 01000), which is how
+//!   it answers a commit whose wait for the synchronous standby was cancelled, reads as the
+//!   database being unavailable too, though it succeeded: see [`Unconfirmed`];
 //! - the connection's reads and writes are driven by a task of the runtime that opened it.
 //!
 //! tokio-postgres learns the type of a result column it does not know (an enum of the schema)
@@ -152,7 +155,60 @@ pub struct DbConnection {
     /// Set when the connection can no longer be trusted (its socket closed, the server ended
     /// the session, or a statement needed a type it did not know): the pool then discards it.
     broken: Arc<AtomicBool>,
+    /// Set by the driver when the server warns that a commit may not have reached the
+    /// synchronous standby; see [`Unconfirmed`].
+    unconfirmed: Arc<Unconfirmed>,
     _driver: tokio::task::JoinHandle<()>,
+}
+
+/// Whether PostgreSQL warned, during the statement in flight, that a commit may not have
+/// reached the synchronous standby.
+///
+/// A commit waiting for the synchronous standby that is cancelled (`pg_cancel_backend`, which
+/// pg_auto_failover's keeper sends to every session waiting on `SyncRep` when it disables
+/// synchronous replication, as it does when it moves a primary to `wait_primary`) is not undone:
+/// PostgreSQL answers it with success, preceded by `WARNING: canceling wait for synchronous
+/// replication due to user request` ("The transaction has already committed locally, but might
+/// not have been replicated to the standby"), SQLSTATE 01000. Acknowledging that write would
+/// promise what a failover can take back. tokio-postgres hands such a notice only to whoever
+/// drives the connection, and does so before it reads the server's next message, so the
+/// driver ([`DbConnection::open_with`]) records it here before the statement's
+/// `ReadyForQuery` can reach the caller; the statement then fails as the database being
+/// unavailable (its outcome is unknown, and the same request may be repeated) and the
+/// connection is discarded.
+#[derive(Debug, Default)]
+struct Unconfirmed(AtomicBool);
+
+impl Unconfirmed {
+    /// Whether `notice` is PostgreSQL's plain `WARNING` (SQLSTATE 01000): the class of its
+    /// "canceling wait for synchronous replication" answer, told by code and severity, never
+    /// by its (translatable) text. The other warnings a statement of this service could get
+    /// have codes of their own (25P01, 25001 ...).
+    fn is_warning(notice: &tokio_postgres::error::DbError) -> bool {
+        notice.parsed_severity() == Some(tokio_postgres::error::Severity::Warning)
+            && *notice.code() == tokio_postgres::error::SqlState::WARNING
+    }
+
+    fn before_statement(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
+    /// `outcome`, or the database being unavailable when the server warned during the
+    /// statement (and the connection is then marked broken).
+    fn after_statement<T>(&self, broken: &AtomicBool, outcome: QueryResult<T>) -> QueryResult<T> {
+        if outcome.is_ok() && self.0.swap(false, Ordering::SeqCst) {
+            broken.store(true, Ordering::SeqCst);
+            return Err(Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection,
+                Box::new(
+                    "the database warned that a commit may not have reached the synchronous \
+                     standby (SQLSTATE 01000: its wait was cancelled)"
+                        .to_owned(),
+                ),
+            ));
+        }
+        outcome
+    }
 }
 
 impl std::fmt::Debug for DbConnection {
@@ -211,10 +267,32 @@ impl DbConnection {
             }
         };
         let broken = Arc::new(AtomicBool::new(false));
-        let driver_broken = broken.clone();
+        let unconfirmed = Arc::new(Unconfirmed::default());
+        let (driver_broken, driver_unconfirmed) = (broken.clone(), unconfirmed.clone());
         let driver = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "database connection ended");
+            // Drives the connection as `connection.await` would, looking at each notice before
+            // the next message is read (see `Unconfirmed`).
+            let mut connection = connection;
+            loop {
+                match futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
+                        if Unconfirmed::is_warning(&notice) {
+                            driver_unconfirmed.0.store(true, Ordering::SeqCst);
+                        }
+                        tracing::debug!(
+                            severity = notice.severity(),
+                            code = notice.code().code(),
+                            "database notice: {}",
+                            notice.message()
+                        );
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "database connection ended");
+                        break;
+                    }
+                    None => break,
+                }
             }
             driver_broken.store(true, Ordering::SeqCst);
         });
@@ -230,6 +308,7 @@ impl DbConnection {
             instrumentation: DynInstrumentation::default_instrumentation(),
             types: Arc::default(),
             broken,
+            unconfirmed,
             _driver: driver,
         };
         conn.learn_types()
@@ -737,7 +816,8 @@ async fn bounded<T>(
 
 impl SimpleAsyncConnection for DbConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        let (client, broken) = (&self.client, &*self.broken);
+        let (client, broken, unconfirmed) = (&self.client, &*self.broken, &*self.unconfirmed);
+        unconfirmed.before_statement();
         let outcome = bounded(self.statement_timeout, broken, async {
             client
                 .batch_execute(query)
@@ -745,7 +825,10 @@ impl SimpleAsyncConnection for DbConnection {
                 .map_err(|e| from_tokio_postgres(e, broken))
         })
         .await;
-        observe(self.availability.as_deref(), outcome)
+        observe(
+            self.availability.as_deref(),
+            unconfirmed.after_statement(broken, outcome),
+        )
     }
 }
 
@@ -753,6 +836,7 @@ impl SimpleAsyncConnection for DbConnection {
 struct Sending<'c> {
     client: &'c tokio_postgres::Client,
     broken: &'c AtomicBool,
+    unconfirmed: &'c Unconfirmed,
     limit: Option<Duration>,
     availability: Option<&'c Availability>,
     planned: QueryResult<Plan<'c>>,
@@ -766,10 +850,12 @@ impl DbConnection {
     {
         let keep = (self.mode == StatementMode::Prepared && self.keep_statements)
             .then_some(&mut self.statements);
+        self.unconfirmed.before_statement();
         Sending {
             planned: plan(query, keep, &self.types),
             client: &self.client,
             broken: &self.broken,
+            unconfirmed: &self.unconfirmed,
             limit: self.statement_timeout,
             availability: self.availability.as_deref(),
         }
@@ -806,6 +892,7 @@ impl AsyncConnectionCore for DbConnection {
         let Sending {
             client,
             broken,
+            unconfirmed,
             limit,
             availability,
             planned,
@@ -824,7 +911,7 @@ impl AsyncConnectionCore for DbConnection {
                 to_the_end(rows, broken).await
             })
             .await;
-            observe(availability, outcome)
+            observe(availability, unconfirmed.after_statement(broken, outcome))
         }
         .boxed()
     }
@@ -839,6 +926,7 @@ impl AsyncConnectionCore for DbConnection {
         let Sending {
             client,
             broken,
+            unconfirmed,
             limit,
             availability,
             planned,
@@ -864,7 +952,7 @@ impl AsyncConnectionCore for DbConnection {
                 usize::try_from(count).map_err(|e| Error::DeserializationError(Box::new(e)))
             })
             .await;
-            observe(availability, outcome)
+            observe(availability, unconfirmed.after_statement(broken, outcome))
         }
         .boxed()
     }

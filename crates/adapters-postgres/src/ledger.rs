@@ -95,6 +95,7 @@ impl LedgerRepository for PgStore {
         match result {
             Ok(Some(_)) => {
                 self.signal.customer_changed();
+                self.confirm_synchronous_standby(&mut conn).await?;
                 return Ok(WithdrawOutcome::Withdrawn);
             }
             Ok(None) => {}
@@ -109,6 +110,8 @@ impl LedgerRepository for PgStore {
             .await
             .optional()
             .map_err(from_diesel)?;
+        // "Already withdrawn" tells of a stored withdrawal too.
+        self.confirm_synchronous_standby(&mut conn).await?;
         Ok(match previous {
             None => WithdrawOutcome::InsufficientFunds,
             Some((owner, previous_sum)) if owner == user.0 && previous_sum == sum.amount() => {

@@ -81,6 +81,8 @@ impl OrderRepository for PgStore {
         .get_result(&mut conn)
         .await
         .map_err(from_diesel)?;
+        // Whether stored now or before, the answer says the order is stored.
+        self.confirm_synchronous_standby(&mut conn).await?;
         if inserted.inserted > 0 {
             self.signal.order_queued();
             return Ok(InsertOrderOutcome::Inserted);

@@ -132,6 +132,8 @@ pub struct PgStore {
     pool: PgPool,
     pub(crate) signal: Arc<QueueSignal>,
     availability: Arc<Availability>,
+    /// See [`PgStore::requiring_synchronous_standby`].
+    require_synchronous_standby: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -158,6 +160,61 @@ impl PgStore {
             pool,
             signal: Arc::new(QueueSignal::default()),
             availability,
+            require_synchronous_standby: false,
+        }
+    }
+
+    /// With `require` set, an upload, a withdrawal or a registration is answered only when
+    /// the server it was written to still makes every commit wait for a synchronous standby
+    /// (`synchronous_standby_names` not empty, `synchronous_commit` at `on`, `remote_write` or
+    /// `remote_apply`), asked on the same connection right after the write; otherwise the
+    /// write fails as the database being unavailable (503: outcome unknown, repeat it).
+    ///
+    /// A primary that commits without a standby (pg_auto_failover's `wait_primary`, which
+    /// empties `synchronous_standby_names` when the standby is judged unhealthy, and after
+    /// every failover until the old primary is back as a standby) acknowledges writes that
+    /// exist on it alone: if it then fails, or is demoted and rewound, they are gone. This
+    /// chooses durability over availability: writes are refused for as long as that lasts
+    /// (reads are served). The question costs one round trip per write.
+    #[must_use]
+    pub fn requiring_synchronous_standby(mut self, require: bool) -> Self {
+        self.require_synchronous_standby = require;
+        self
+    }
+
+    /// See [`PgStore::requiring_synchronous_standby`]: `Ok` when not required, or when the
+    /// server behind `conn` commits with a synchronous standby.
+    pub(crate) async fn confirm_synchronous_standby(
+        &self,
+        conn: &mut DbConnection,
+    ) -> Result<(), RepositoryError> {
+        use diesel_async::RunQueryDsl;
+
+        #[derive(diesel::QueryableByName)]
+        struct Synchronous {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            synchronous: bool,
+        }
+
+        if !self.require_synchronous_standby {
+            return Ok(());
+        }
+        let answer: Synchronous = diesel::sql_query(
+            "SELECT current_setting('synchronous_standby_names') <> '' \
+             AND current_setting('synchronous_commit') IN ('on', 'remote_write', 'remote_apply') \
+             AS synchronous",
+        )
+        .get_result(conn)
+        .await
+        .map_err(crate::error::from_diesel)?;
+        if answer.synchronous {
+            Ok(())
+        } else {
+            Err(RepositoryError::Unavailable(
+                "the primary commits without a synchronous standby: the write's durability is \
+                 not confirmed"
+                    .into(),
+            ))
         }
     }
 

@@ -46,6 +46,7 @@ impl UserRepository for PgStore {
         .await
         .optional()
         .map_err(from_diesel)?;
+        self.confirm_synchronous_standby(&mut conn).await?;
         created
             .map(|u| UserId(u.id))
             .ok_or(CreateUserError::LoginTaken)

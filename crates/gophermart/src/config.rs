@@ -176,6 +176,19 @@ pub struct Config {
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
     pub database_statement_timeout_ms: u64,
 
+    /// Answer an upload, a withdrawal or a registration only when the database server still
+    /// makes every commit wait for a synchronous standby (asked right after the write; one
+    /// round trip). Otherwise the write answers 503 (outcome unknown, repeat it): a primary
+    /// that commits alone, as pg_auto_failover's `wait_primary` does, acknowledges writes a
+    /// failover can lose. Durability over availability: writes are refused for as long as the
+    /// primary has no synchronous standby. See docs/deployment.md, "High availability".
+    #[arg(
+        long,
+        env = "DATABASE_REQUIRE_SYNCHRONOUS_STANDBY",
+        default_value_t = false
+    )]
+    pub database_require_synchronous_standby: bool,
+
     /// HTTP worker threads; 0 means one per core.
     #[arg(long, env = "HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,

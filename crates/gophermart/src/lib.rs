@@ -119,7 +119,8 @@ impl Application {
         let store = PgStore::with_availability(
             pool.build().context("building the database pool")?,
             pool.availability.clone(),
-        );
+        )
+        .requiring_synchronous_standby(config.database_require_synchronous_standby);
 
         let secret = config.jwt_secret.clone().unwrap_or_else(|| {
             tracing::warn!("JWT_SECRET is not set: using a random secret; sessions end with this process and are not shared between instances");

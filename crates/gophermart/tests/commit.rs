@@ -2,10 +2,14 @@
 //!
 //! With synchronous replication a commit waits, after its rows have been sent, until a standby
 //! has the transaction; only `ReadyForQuery` says that it is done. These tests make every
-//! commit of one database wait for a standby that does not exist, end the session that waits,
-//! and check that the client is never told that its upload, withdrawal or registration was
-//! made: PostgreSQL never confirmed it. The answer is 503 with `Retry-After` (the outcome is
-//! unknown; the same request may be repeated), in both statement modes.
+//! commit of one database wait for a standby that does not exist, then either end the session
+//! that waits (`pg_terminate_backend`, as a shutdown does) or cancel its wait
+//! (`pg_cancel_backend`, as pg_auto_failover's keeper does to every waiting session when it
+//! disables synchronous replication; PostgreSQL then answers the commit with success and a
+//! `WARNING`), and check that the client is never told that its upload, withdrawal or
+//! registration was made: the standby never confirmed it. The answer is 503 with
+//! `Retry-After` (the outcome is unknown; the same request may be repeated), in both statement
+//! modes.
 //!
 //! Each test runs a cluster of its own, since `synchronous_standby_names` is a setting of the
 //! whole server.
@@ -27,25 +31,43 @@ struct Ended {
     ended: i64,
 }
 
-/// Ends every session of the database that waits for its commit to reach a standby, and says
-/// how many there were.
-async fn end_sessions_waiting_for_a_standby(conn: &mut AsyncPgConnection) -> i64 {
+/// How a commit waiting for the standby is released without the standby.
+#[derive(Debug, Clone, Copy)]
+enum Release {
+    /// The session is ended (`pg_terminate_backend`): the client sees it closed.
+    Terminate,
+    /// The wait is cancelled (`pg_cancel_backend`): PostgreSQL answers the commit with success
+    /// and `WARNING: canceling wait for synchronous replication due to user request`.
+    Cancel,
+}
+
+/// Ends (or cancels the wait of) every session of the database that waits for its commit to
+/// reach a standby, and says how many there were.
+async fn release_sessions_waiting_for_a_standby(
+    conn: &mut AsyncPgConnection,
+    release: Release,
+) -> i64 {
     use diesel_async::RunQueryDsl;
-    diesel::sql_query(
-        "SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event = 'SyncRep'",
-    )
+    let function = match release {
+        Release::Terminate => "pg_terminate_backend",
+        Release::Cancel => "pg_cancel_backend",
+    };
+    diesel::sql_query(format!(
+        "SELECT count({function}(pid)) AS ended FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event = 'SyncRep'"
+    ))
     .get_result::<Ended>(conn)
     .await
-    .expect("end the waiting sessions")
+    .expect("release the waiting sessions")
     .ended
 }
 
-/// Sends a request and, while it is out, ends the sessions whose commit waits for the
-/// standby; returns the answer's status, its `Retry-After` and how many sessions were ended.
+/// Sends a request and, while it is out, releases the sessions whose commit waits for the
+/// standby; returns the answer's status, its `Retry-After` and how many sessions were released.
 async fn answer_while_commits_are_never_confirmed(
     db: &TestDatabase,
     request: reqwest::RequestBuilder,
+    release: Release,
 ) -> (u16, Option<String>, i64) {
     let mut observer = AsyncPgConnection::establish(db.url())
         .await
@@ -58,7 +80,7 @@ async fn answer_while_commits_are_never_confirmed(
         tokio::select! {
             response = &mut sent => break response.expect("joined").expect("answered"),
             () = tokio::time::sleep(Duration::from_millis(10)) => {
-                ended += end_sessions_waiting_for_a_standby(&mut observer).await;
+                ended += release_sessions_waiting_for_a_standby(&mut observer, release).await;
             }
         }
     };
@@ -70,7 +92,10 @@ async fn answer_while_commits_are_never_confirmed(
     (response.status().as_u16(), retry_after, ended)
 }
 
-async fn no_write_is_acknowledged_before_its_commit_is_confirmed(statements: &str) {
+async fn no_write_is_acknowledged_before_its_commit_is_confirmed(
+    statements: &str,
+    release: Release,
+) {
     let cluster = ScriptedCluster::start(None);
     let db = TestDatabase::create_on(cluster.uri()).await;
     // The throwaway cluster does not wait for commits at all (synchronous_commit = off);
@@ -119,18 +144,18 @@ async fn no_write_is_acknowledged_before_its_commit_is_confirmed(statements: &st
         ("registration", registration),
     ] {
         let (status, retry_after, ended) =
-            answer_while_commits_are_never_confirmed(&db, request).await;
+            answer_while_commits_are_never_confirmed(&db, request, release).await;
         assert!(
             ended >= 1,
-            "{what} ({statements}): no session waited for the standby"
+            "{what} ({statements}, {release:?}): no session waited for the standby"
         );
         assert_eq!(
             status, 503,
-            "{what} ({statements}) was answered {status} though its commit was never confirmed"
+            "{what} ({statements}, {release:?}) was answered {status} though its commit was never confirmed"
         );
         assert!(
             retry_after.is_some(),
-            "{what} ({statements}): 503 without Retry-After"
+            "{what} ({statements}, {release:?}): 503 without Retry-After"
         );
     }
 
@@ -159,10 +184,113 @@ async fn no_write_is_acknowledged_before_its_commit_is_confirmed(statements: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_write_is_acknowledged_before_its_commit_is_confirmed_with_prepared_statements() {
-    no_write_is_acknowledged_before_its_commit_is_confirmed("true").await;
+    no_write_is_acknowledged_before_its_commit_is_confirmed("true", Release::Terminate).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_write_is_acknowledged_before_its_commit_is_confirmed_with_unnamed_statements() {
-    no_write_is_acknowledged_before_its_commit_is_confirmed("false").await;
+    no_write_is_acknowledged_before_its_commit_is_confirmed("false", Release::Terminate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_is_acknowledged_when_its_wait_for_the_standby_is_cancelled_with_prepared_statements(
+) {
+    no_write_is_acknowledged_before_its_commit_is_confirmed("true", Release::Cancel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_is_acknowledged_when_its_wait_for_the_standby_is_cancelled_with_unnamed_statements(
+) {
+    no_write_is_acknowledged_before_its_commit_is_confirmed("false", Release::Cancel).await;
+}
+
+/// With `--database-require-synchronous-standby`, a server whose commits wait for no standby
+/// (pg_auto_failover's `wait_primary` empties `synchronous_standby_names`) gets writes, but
+/// none is acknowledged: an upload, a withdrawal and a registration each answer 503 with
+/// `Retry-After`. Without the option the same server acknowledges them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_not_acknowledged_without_a_synchronous_standby_when_one_is_required() {
+    let cluster = ScriptedCluster::start(None);
+    let db = TestDatabase::create_on(cluster.uri()).await;
+    db.execute(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = on",
+        db.name()
+    ))
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+
+    // Without the option: acknowledged, as pg_auto_failover's two-node default intends.
+    let lenient = Instance::start(
+        &db,
+        "http://127.0.0.1:9",
+        &["--database-prepared-statements", "true"],
+    );
+    lenient.wait_ready(&client).await;
+    let token = register(&client, &lenient.base, "payer").await;
+    db.execute("UPDATE accounts SET balance = 100 FROM users WHERE users.id = accounts.user_id AND users.login = 'payer'")
+        .await;
+    let first = domain::with_check_digit("7101");
+    assert_eq!(upload(&client, &lenient.base, &token, &first).await, 202);
+    drop(lenient);
+
+    // With it: refused, whatever the write.
+    let strict = Instance::start(
+        &db,
+        "http://127.0.0.1:9",
+        &[
+            "--database-prepared-statements",
+            "true",
+            "--database-require-synchronous-standby",
+        ],
+    );
+    strict.wait_ready(&client).await;
+    let base = &strict.base;
+    let uploading = client
+        .post(format!("{base}/api/user/orders"))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body(domain::with_check_digit("7102"));
+    let repeating = client
+        .post(format!("{base}/api/user/orders"))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body(first.clone());
+    let withdrawal = client
+        .post(format!("{base}/api/user/balance/withdraw"))
+        .bearer_auth(&token)
+        .json(&json!({"order": domain::with_check_digit("7103"), "sum": 10}));
+    let registration = client
+        .post(format!("{base}/api/user/register"))
+        .json(&json!({"login": "newcomer", "password": "password"}));
+    for (what, request) in [
+        ("upload", uploading),
+        ("repeated upload", repeating),
+        ("withdrawal", withdrawal),
+        ("registration", registration),
+    ] {
+        let response = request.send().await.expect("answered");
+        assert_eq!(
+            response.status().as_u16(),
+            503,
+            "{what} was acknowledged by a primary without a synchronous standby"
+        );
+        assert!(
+            response.headers().get("retry-after").is_some(),
+            "{what}: 503 without Retry-After"
+        );
+    }
+    // Reads are served.
+    let balance = client
+        .get(format!("{base}/api/user/balance"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(balance.status().as_u16(), 200);
+    drop(strict);
+    drop(db);
+    cluster.stop();
 }
