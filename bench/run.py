@@ -18,6 +18,9 @@ Phases, in order (see docs/benchmarks.md for what each figure means):
   3b. baseline (only with BENCH_BASELINE_BIN_DIR): a "before" build of gophermart measured
      beside the current one on the same database, users and accrual system, the two taking
      turns: the same endpoints at BENCH_BASELINE_LEVELS, ready time, and the login storm;
+  3c. floor: the service beside crates/floor, a hand-written server on the same stack with the
+     same token check, SQL and JSON bytes (compared first), for the balance and the orders list
+     (20 items) at BENCH_FLOOR_CLIENTS (64), BENCH_FLOOR_SECONDS (8) per run, in both orders;
   4. ceilings: gophermart stopped, pgbench runs the SQL of each endpoint at the same
      concurrencies (the baseline's included) on the same database (bench/pgbench/*.sql); at 64
      clients, also with the pool's SELECT 1, and the upload with its old pg_notify;
@@ -38,10 +41,11 @@ BENCH_RATE_INSTANCES (3, sharing the limit), BENCH_STORM_SECONDS (10), BENCH_MIX
 BENCH_PIPELINE_COUNT (500), BENCH_FLOOD_SECONDS (s per window, 10), BENCH_FLOOD_ROUNDS (pairs of
 windows, alone then flood, 2), BENCH_USERS (per set, 1000), BENCH_BIN_DIR (target/release),
 BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gophermart, the
-baseline's included), BENCH_SKIP (comma-separated phases to skip: grid, baseline, ceiling,
-mixed, pipeline, storm, freeze, flood, drain, ratelimit, pooler; storm leaves out the baseline's
+baseline's included), BENCH_SKIP (comma-separated phases to skip: grid, baseline, floor,
+ceiling, mixed, pipeline, storm, freeze, flood, drain, ratelimit, pooler; storm leaves out the baseline's
 storms too),
-BENCH_DRAIN_COUNT (the drain phase's backlog, 50000).
+BENCH_DRAIN_COUNT (the drain phase's backlog, 50000). The floor phase: BENCH_FLOOR_CLIENTS (64),
+BENCH_FLOOR_SECONDS (8), BENCH_FLOOR_ROUNDS (runs per server and endpoint, 2).
 Before and after: BENCH_BASELINE_BIN_DIR (the baseline build's binaries; only its gophermart
 is used), BENCH_BASELINE_LABEL (its name in the report; default the folder),
 BENCH_BASELINE_LEVELS ("64"), BENCH_BASELINE_ROUNDS (runs per build and point, 2).
@@ -63,6 +67,7 @@ from phases.baseline import baseline_phase
 from phases.ceiling import ceilings
 from phases.drain import drain
 from phases.flood import flood
+from phases.floor import floor_phase
 from phases.freeze import frozen_worker
 from phases.grid import grid
 from phases.mixed import mixed
@@ -135,6 +140,9 @@ def main():
 
         if BASELINE:
             baseline_phase(accrual, tokens, results)
+
+        if "floor" not in SKIP:
+            floor_phase(accrual, tokens, ids, results)
 
         if "pooler" not in SKIP and POOLER_DB:
             pooler_phase(accrual, tokens, ids, results)
