@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: pooled-tests pooler-experiment abuse-experiment switchover-experiment failover-test debug-bins run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench fuzz fuzz-short events-experiment
+.PHONY: pooled-tests pooler-experiment abuse-experiment switchover-experiment failover-test debug-bins run build test check-tools fmt fmt-check lint unit-tests clean-db help chaos test-browser test-browser-tmp bench profile fuzz fuzz-short events-experiment
 
 help:
 	@echo "make run    - PostgreSQL (throwaway unless DATABASE_URI is set), accrual on :8081, gophermart on :8080"
@@ -132,6 +132,11 @@ chaos:
 # docs/benchmarks.md explains them and keeps the latest.
 bench:
 	bench/bench.sh
+
+# Instructions per request of the service and of the floor (crates/floor) on the balance and the
+# orders list, from valgrind's callgrind; results in target/profile/ (docs/benchmarks.md).
+profile:
+	bench/profile.sh
 
 # API fuzzing with Schemathesis (installed into target/fuzz-venv) of a throwaway instance with
 # our accrual system and a funded customer: FUZZ_EXAMPLES cases per operation and stateful

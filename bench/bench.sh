@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# `make bench`: Gophermart's benchmark. Builds the release binaries (gophermart, accrual, and the
-# loadgen driver), makes sure wrk and Python 3 are there (installing Debian's packages when they
-# are missing and this runs as root), then runs bench/run.py against a throwaway PostgreSQL
-# cluster (scripts/with-postgres.sh; a DATABASE_URI of the caller is ignored on purpose: the
-# benchmark rewrites balances and deletes rows; its header says where the cluster's folder goes,
-# and scripts/with-pgbouncer.sh's where PgBouncer's does; both are removed afterwards).
+# `make bench`: Gophermart's benchmark. Builds the release binaries (gophermart, accrual, the
+# floor server of crates/floor and the loadgen driver), makes sure wrk and Python 3 are there
+# (installing Debian's packages when they are missing and this runs as root), then runs
+# bench/run.py against a throwaway PostgreSQL cluster (scripts/with-postgres.sh; a DATABASE_URI
+# of the caller is ignored on purpose: the benchmark rewrites balances and deletes rows; its
+# header says where the cluster's folder goes, and scripts/with-pgbouncer.sh's where
+# PgBouncer's does; both are removed afterwards).
 # Results: target/bench/.
 #
 # Environment: see bench/run.py (BENCH_DURATION, BENCH_LEVELS, BENCH_RATE_LIMIT, ...);

@@ -116,6 +116,41 @@ def before_and_after(r):
     return out
 
 
+def floor_section(r):
+    """The section "Against the floor (same run)", from results["floor"] (phase floor)."""
+    fl = r["floor"]
+    out = []
+    w = out.append
+    w("### Against the floor (same run)")
+    w("")
+    w(f"The floor is `crates/floor`: actix-web, deadpool-postgres (pool of 16), tokio-postgres with "
+      f"named prepared statements and jsonwebtoken, checking the same token, running the same SQL "
+      f"and writing the same JSON, and nothing else. Both on the same database and users "
+      f"({fl['orders_per_user']} orders each for the list), {fl['clients']} connections, "
+      f"{fl['seconds']:g} s per run after the warm-up, a fresh process for each run; "
+      f"{fl['rounds']} runs per server and endpoint, taking turns in both orders; the mean is kept. "
+      f"CPU per request in milliseconds.")
+    w("")
+    same = fl.get("bytes_identical")
+    w(f"Answers compared before the runs: {fl.get('answers_compared', 0)}, status and body bytes "
+      + ("**identical**." if same else "**different**: no ratio is reported (see `results.json`, `floor.differences`)."))
+    w("")
+    w("| endpoint | service req/s | floor req/s | service / floor | service p99 | floor p99 | "
+      "service CPU/req | floor CPU/req | runs (service; floor) |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, point in fl["endpoints"].items():
+        sv, fr = point["service"], point["floor"]
+        runs = "; ".join(", ".join(f"{x['rps']:,.0f}" for x in point["runs"] if x["server"] == server)
+                         for server in ("service", "floor"))
+        ratio = f"**{point['ratio']:.3f}**" if point.get("ratio") is not None else "–"
+        label = LABELS[name].replace("10 orders", f"{fl['orders_per_user']} orders")
+        w(f"| {label} | {fmt(sv['rps'], 0)} | {fmt(fr['rps'], 0)} | {ratio} | {fmt(sv['p99_ms'], 2)} | "
+          f"{fmt(fr['p99_ms'], 2)} | {fmt(cpu_per_request(sv, 'gophermart'), 3)} | "
+          f"{fmt(cpu_per_request(fr, 'gophermart'), 3)} | {runs} |")
+    w("")
+    return out
+
+
 def pooler_section(r):
     """The section "Through PgBouncer (same run)", from results["pooler"]."""
     p = r["pooler"]
@@ -310,6 +345,9 @@ def report(r):
     if r.get("baseline"):
         out.extend(before_and_after(r))
 
+    if r.get("floor"):
+        out.extend(floor_section(r))
+
     if r.get("pooler"):
         out.extend(pooler_section(r))
 
@@ -462,6 +500,10 @@ def report(r):
         row, _ = at64[name]
         if row:
             w(f"| {name} p99 < 10 ms at 64 clients | {row['p99_ms']:.2f} ms | {mark(row['p99_ms'] < 10)} |")
+    for name, point in r.get("floor", {}).get("endpoints", {}).items():
+        if point.get("ratio") is not None:
+            w(f"| {name} ≥ 0.95 × the floor at {r['floor']['clients']} clients | {point['ratio']:.3f} | "
+              f"{mark(point['ratio'] >= 0.95)} |")
     if "pipeline" in r:
         p = r["pipeline"]
         w(f"| upload → PROCESSED p50 < 50 ms | {p['p50_ms']:.1f} ms (p99 {p['p99_ms']:.1f} ms) | {mark(p['p50_ms'] < 50)} |")
