@@ -258,7 +258,7 @@ async fn a_client_away_longer_than_the_retention_is_told_to_reset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_past_the_customers_limit_answer_429_and_a_bad_last_event_id_400() {
+async fn streams_past_the_customers_limit_answer_429() {
     let app = spawn_app_with(Options {
         extra_args: vec!["--event-streams-per-customer".into(), "2".into()],
         ..Options::default()
@@ -290,12 +290,46 @@ async fn streams_past_the_customers_limit_answer_429_and_a_bad_last_event_id_400
     }
     assert!(reopened.is_some(), "a closed stream frees its place");
 
-    for bad in ["yesterday", "12", "1-2-3-x", "-"] {
-        let answer = open(&app.address, &token, Some(bad)).await;
-        assert_problem(answer, 400).await;
-    }
     let anonymous = reqwest::get(app.url("/api/user/events"))
         .await
         .expect("sent");
     assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_event_id_that_is_no_id_sent_opens_with_reset_and_an_empty_one_with_ready() {
+    let app = spawn_app_with(Options {
+        extra_args: vec!["--event-streams-per-customer".into(), "20".into()],
+        ..Options::default()
+    })
+    .await;
+    let token = app.signed_up("forgetful").await;
+    let mut opened = Vec::new();
+    for bad in [
+        "yesterday",
+        "12",
+        "1-2-3-x",
+        "-",
+        "null",
+        "99999999999999999999-1",
+    ] {
+        let mut events = stream(&app.address, &token, Some(bad)).await;
+        let first = events.next().await;
+        assert_eq!(first.event, "reset", "Last-Event-ID {bad:?}");
+        assert_eq!(data(&first), json!({}));
+        position(&first.id);
+        opened.push((events, first.id));
+    }
+    let mut fresh = stream(&app.address, &token, Some("")).await;
+    assert_eq!(fresh.next().await.event, "ready");
+
+    // Each stream goes on from its reset: the next change arrives after it.
+    let number = order_number(77);
+    assert_eq!(app.upload(&token, &number).await.status(), 202);
+    for (events, reset) in &mut opened {
+        let uploaded = events.next().await;
+        assert_eq!(uploaded.event, "order");
+        assert_eq!(data(&uploaded)["number"], number);
+        assert!(position(&uploaded.id) > position(reset));
+    }
 }

@@ -450,7 +450,7 @@ mod tests {
             ),
             (
                 ("get", "/api/user/events"),
-                [&["200", "400"][..], &authenticated].concat(),
+                [&["200"][..], &authenticated].concat(),
             ),
         ]);
         let document = document();

@@ -8,8 +8,15 @@ use actix_web::{
 };
 use actix_web_lab::sse;
 use application::{
-    ports::events::{Change, EventPosition},
-    use_cases::{OpenStreamError, StreamItem},
+    ports::events::Change,
+    use_cases::{OpenStreamError, StreamItem, StreamStart},
+};
+use utoipa::{
+    openapi::{
+        schema::{ObjectBuilder, OneOfBuilder, Schema, Type},
+        Ref, RefOr,
+    },
+    PartialSchema, ToSchema,
 };
 
 use crate::{
@@ -32,32 +39,105 @@ const RETRY: Duration = Duration::from_secs(1);
 /// The `Retry-After` of a refused stream.
 const REFUSED_RETRY_AFTER_SECONDS: u32 = 10;
 
+/// The form of a message's `id`: the writing transaction and the event, as
+/// [`application::ports::events::EventPosition`] prints them (both stay below 10^18).
+const EVENT_ID_PATTERN: &str = r"^[0-9]{1,18}-[0-9]{1,18}$";
+
+/// One message of the stream, as an `EventSource` client receives it: its `event` name, its
+/// `id` and its `data`, a JSON document whose schema depends on the name.
+#[derive(Debug)]
+pub struct EventMessage;
+
+impl EventMessage {
+    /// The variant of the messages named `names`, whose data `data` describes.
+    fn variant(names: &[&str], data: impl Into<RefOr<Schema>>) -> Schema {
+        ObjectBuilder::new()
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(names.iter().copied())),
+            )
+            .required("event")
+            .property(
+                "id",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(EVENT_ID_PATTERN)),
+            )
+            .required("id")
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/json")
+                    .content_schema(Some(data)),
+            )
+            .required("data")
+            .property(
+                "retry",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .into()
+    }
+}
+
+impl PartialSchema for EventMessage {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Self::variant(
+                &["order"],
+                Ref::from_schema_name(OrderItem::name()),
+            ))
+            .item(Self::variant(
+                &["balance"],
+                Ref::from_schema_name(BalanceBody::name()),
+            ))
+            .item(Self::variant(
+                &["ready", "reset"],
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .max_properties(Some(0)),
+            ))
+            .description(Some(
+                "One message: `event` names what changed, `data` is a JSON document (the order, \
+                the balance, or `{}` for `ready` and `reset`) and `id` is what to send back in \
+                `Last-Event-ID`.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for EventMessage {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((OrderItem::name().into(), OrderItem::schema()));
+        <OrderItem as ToSchema>::schemas(schemas);
+        schemas.push((BalanceBody::name().into(), BalanceBody::schema()));
+        <BalanceBody as ToSchema>::schemas(schemas);
+    }
+}
+
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum EventsError {
-    #[error("Last-Event-ID must be the id of an event this endpoint sent")]
-    BadLastEventId,
-    #[error("{0}")]
-    Open(#[from] OpenStreamError),
-}
+#[error(transparent)]
+pub struct EventsError(#[from] OpenStreamError);
 
 impl ResponseError for EventsError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::BadLastEventId => StatusCode::BAD_REQUEST,
-            Self::Open(OpenStreamError::CustomerLimit(_) | OpenStreamError::InstanceLimit(_)) => {
+        match &self.0 {
+            OpenStreamError::CustomerLimit(_) | OpenStreamError::InstanceLimit(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::Open(OpenStreamError::Stopping) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Open(OpenStreamError::Repository(error)) => repository_status(error),
+            OpenStreamError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            OpenStreamError::Repository(error) => repository_status(error),
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = error_problem(self);
-        if let Self::Open(OpenStreamError::CustomerLimit(_) | OpenStreamError::InstanceLimit(_)) =
-            self
-        {
+        if let OpenStreamError::CustomerLimit(_) | OpenStreamError::InstanceLimit(_) = &self.0 {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, REFUSED_RETRY_AFTER_SECONDS.into());
@@ -67,20 +147,20 @@ impl ResponseError for EventsError {
     }
 }
 
-/// The position a reconnecting client names in `Last-Event-ID`, if any.
-fn last_event_id(req: &HttpRequest) -> Result<Option<EventPosition>, EventsError> {
+/// Where the stream starts, by `Last-Event-ID`: no header or an empty one (what EventSource
+/// sends after an event that cleared its id) is now, an id this endpoint sent is after it, and
+/// anything else is a position the log cannot place.
+fn stream_start(req: &HttpRequest) -> StreamStart {
     let Some(value) = req.headers().get("last-event-id") else {
-        return Ok(None);
+        return StreamStart::Now;
     };
-    let value = value.to_str().map_err(|_| EventsError::BadLastEventId)?;
-    if value.is_empty() {
-        // What EventSource sends after an event that cleared its id: no position.
-        return Ok(None);
+    match value.to_str() {
+        Ok("") => StreamStart::Now,
+        Ok(text) => text
+            .parse()
+            .map_or(StreamStart::Unknown, StreamStart::After),
+        Err(_) => StreamStart::Unknown,
     }
-    value
-        .parse()
-        .map(Some)
-        .map_err(|()| EventsError::BadLastEventId)
 }
 
 /// An item of the stream as an SSE message.
@@ -126,22 +206,21 @@ fn message(item: StreamItem) -> sse::Event {
         `GET /api/user/balance` answers.\n\
         - `ready`: the first message of a stream opened without `Last-Event-ID`.\n\
         - `reset`: the events since `Last-Event-ID` are no longer kept (older than the \
-        retention): load the orders and the balance again.\n\n\
+        retention), or `Last-Event-ID` is not an id this endpoint sent: load the orders and \
+        the balance again.\n\n\
         Every message has an `id`. A client that reconnects with the last one it received in \
         `Last-Event-ID` (EventSource does so by itself) gets every event it missed, then the \
         new ones, in order and once each. A comment is sent after 10 s of silence. When the \
         instance stops, its streams end; the client reconnects (to another instance).",
     params(
-        ("Last-Event-ID" = Option<String>, Header,
-            description = "The `id` of the last message received, to resume after it.",
+        ("Last-Event-ID" = Option<String>, Header, nullable = false,
+            description = "The `id` of the last message received, to resume after it. A value \
+                that is not an id this endpoint sent opens the stream with `reset`.",
             example = "741-2051"),
     ),
     responses(
-        (status = 200, description = "The stream.", content_type = "text/event-stream", body = String,
+        (status = 200, description = "The stream.", content_type = "text/event-stream", body = EventMessage,
             example = "event: ready\nid: 741-0\ndata: {}\n\nevent: order\nid: 745-2052\ndata: {\"number\":\"9278923470\",\"status\":\"PROCESSED\",\"accrual\":500,\"uploaded_at\":\"2020-12-10T12:15:45Z\"}\n\n"),
-        (status = 400, description = "`Last-Event-ID` is not an id this endpoint sent.",
-            body = crate::problem::Problem, content_type = "application/problem+json",
-            example = json!({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "Last-Event-ID must be the id of an event this endpoint sent"})),
         (status = 401, response = Unauthorized),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
@@ -155,8 +234,7 @@ pub async fn events(
     user: AuthenticatedUser,
     req: HttpRequest,
 ) -> Result<HttpResponse, EventsError> {
-    let last_seen = last_event_id(&req)?;
-    let stream = state.events.open_stream(user.0, last_seen).await?;
+    let stream = state.events.open_stream(user.0, stream_start(&req)).await?;
     let messages = futures::stream::unfold(stream, |mut stream| async move {
         match stream.next().await {
             Ok(Some(item)) => Some((Ok::<_, Infallible>(message(item)), stream)),

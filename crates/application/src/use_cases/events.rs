@@ -72,13 +72,28 @@ pub enum OpenStreamError {
     Repository(#[from] RepositoryError),
 }
 
+/// Where a stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    /// From now on: the stream opens with [`StreamItem::Ready`].
+    Now,
+    /// After a position a stream sent: the events missed since then come first.
+    After(EventPosition),
+    /// After a position the log cannot place (not one a stream sends): nothing can be said of
+    /// what was missed, so the stream opens with [`StreamItem::Reset`], as when the events
+    /// after a position were removed. A client is never refused for its position: a browser's
+    /// `EventSource` does not reconnect after a refusal.
+    Unknown,
+}
+
 /// What a stream sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamItem {
     /// The stream starts here (it resumed from nothing): the position to resume from.
     Ready(EventPosition),
-    /// Events after the position the stream resumed from were removed: the client must load
-    /// the state again; the stream goes on from the position given.
+    /// Events after the position the stream resumed from were removed, or the position is
+    /// not one the log can place: the client must load the state again; the stream goes on
+    /// from the position given.
     Reset(EventPosition),
     /// An event.
     Event(Event),
@@ -138,15 +153,14 @@ impl EventStreams {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens a stream of `user`'s events: from now on, or after `last_seen` (a position a
-    /// stream sent before).
+    /// Opens a stream of `user`'s events from `from`.
     ///
     /// # Errors
     /// When a limit is reached, the instance is stopping, or the log cannot be read.
     pub async fn open_stream(
         self: &Arc<Self>,
         user: UserId,
-        last_seen: Option<EventPosition>,
+        from: StreamStart,
     ) -> Result<EventStream, OpenStreamError> {
         let mut fetched = None;
         loop {
@@ -184,16 +198,17 @@ impl EventStreams {
                     events: sender,
                 });
             let start = EventPosition::before(horizon);
-            let pending = match last_seen {
-                None => VecDeque::from([StreamItem::Ready(start)]),
-                Some(_) => VecDeque::new(),
+            let (pending, catch_up) = match from {
+                StreamStart::Now => (VecDeque::from([StreamItem::Ready(start)]), None),
+                StreamStart::After(after) => (VecDeque::new(), Some((after, horizon))),
+                StreamStart::Unknown => (VecDeque::from([StreamItem::Reset(start)]), None),
             };
             return Ok(EventStream {
                 streams: self.clone(),
                 user,
                 key,
                 live: receiver,
-                catch_up: last_seen.map(|after| (after, horizon)),
+                catch_up,
                 start,
                 pending,
             });
