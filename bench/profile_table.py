@@ -84,7 +84,8 @@ SELECTED = [
      r"FromStaticSqlRow<\(ST1,ST2,ST3,ST\),__DB> for \(T1,T2,T3,T\)>::build_from_row \[|"
      r"FromStaticSqlRow<\(ST1,ST\),__DB> for \(T1,T\)>::build_from_row \[", None),
     ("the body: JSON and ETag (json_or_not_modified)", r"conditional::json_or_not_modified \[", None),
-    ("  of which the ETag's SipHash", r"sip::Hasher<S> as core::hash::Hasher>::write \[", None),
+    ("  of which the ETag's hash (the items hashed, their decimals normalised)",
+     r"core::hash::Hash::hash_slice \[", None),
     ("HTTP request parsing (actix-http's decoder)",
      r"Codec as tokio_util::codec::decoder::Decoder>::decode \[", None),
     ("the database connection's driver task (tokio-postgres Connection::poll)",

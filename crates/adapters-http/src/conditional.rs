@@ -3,8 +3,9 @@
 //! **ETags.** The balance and both lists carry an `ETag`, a hash of what the body says, taken
 //! from the items before they are written as JSON; a request whose `If-None-Match` names it is
 //! answered `304 Not Modified` with no body. Every instance of one build computes the same tag
-//! for the same content (a fixed-key SipHash); after an upgrade a client may get one 200 where
-//! a 304 would have done. `Cache-Control: private, no-cache`: no shared cache keeps a
+//! for the same content (foldhash's quality hash with a fixed seed: the tag only tells one state
+//! of a customer's own data from the next, so a fast 64-bit hash serves, at a third of what
+//! SipHash cost a list); after an upgrade a client may get one 200 where a 304 would have done. `Cache-Control: private, no-cache`: no shared cache keeps a
 //! customer's data, and a browser asks again each time, conditionally.
 //!
 //! **Pages.** With no parameters a list is whole, as the contract has it. `?limit=N` (1 to
@@ -14,7 +15,7 @@
 //! page skip or repeat one.
 
 use std::{
-    hash::{DefaultHasher, Hash, Hasher},
+    hash::{BuildHasher, Hash},
     num::NonZeroU32,
 };
 
@@ -111,9 +112,8 @@ fn decode_cursor(text: &str) -> Option<PageCursor> {
 
 /// The tag of a body saying `content`.
 fn etag(content: &impl Hash) -> String {
-    let mut hasher = DefaultHasher::new();
-    content.hash(&mut hasher);
-    format!("\"{:016x}\"", hasher.finish())
+    let tag = foldhash::quality::FixedState::with_seed(0).hash_one(content);
+    format!("\"{tag:016x}\"")
 }
 
 /// Whether `If-None-Match` names `tag` (or is `*`); weak tags compare as strong ones, as they
