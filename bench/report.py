@@ -116,6 +116,30 @@ def before_and_after(r):
     return out
 
 
+def eventwrites_section(r):
+    """The section "What the event writes cost (same run)", from results["eventwrites"]."""
+    ev = r["eventwrites"]
+    out = []
+    w = out.append
+    w("### What the event writes cost (same run)")
+    w("")
+    w(f"The same build on the same database, with the event log's triggers (migration "
+      f"2026-12-03-000002_events) on and off, taking turns (on, off, off, on, ...), a fresh "
+      f"service for each run; {ev['clients']} connections, {ev['rounds']} runs per mode; the "
+      f"mean is kept.")
+    w("")
+    w("| endpoint | with req/s | without req/s | with / without | with p99 | without p99 | runs (with; without) |")
+    w("|---|---:|---:|---:|---:|---:|---|")
+    for name, point in ev["endpoints"].items():
+        on, off = point["on"], point["off"]
+        runs = "; ".join(", ".join(f"{x['rps']:,.0f}" for x in point["runs"] if x["events"] == mode)
+                         for mode in ("on", "off"))
+        w(f"| {LABELS[name]} | {fmt(on['rps'], 0)} | {fmt(off['rps'], 0)} | **{point['ratio']:.3f}** | "
+          f"{fmt(on['p99_ms'], 2)} | {fmt(off['p99_ms'], 2)} | {runs} |")
+    w("")
+    return out
+
+
 def floor_section(r):
     """The section "Against the floor (same run)", from results["floor"] (phase floor)."""
     fl = r["floor"]
@@ -347,6 +371,8 @@ def report(r):
 
     if r.get("floor"):
         out.extend(floor_section(r))
+    if r.get("eventwrites"):
+        out.extend(eventwrites_section(r))
 
     if r.get("pooler"):
         out.extend(pooler_section(r))
@@ -389,6 +415,9 @@ def report(r):
       f"login storm: {fmt(mib(rss.get('peak_after_mixed_pipeline_storm')))} MiB.")
     w("")
 
+    for name, point in r.get("eventwrites", {}).get("endpoints", {}).items():
+        w(f"| {name} loses at most 3 % to the event writes | {point['ratio']:.3f} | "
+          f"{mark(point['ratio'] >= 0.97)} |")
     if "pipeline" in r:
         p = r["pipeline"]
         w("### Accrual pipeline")

@@ -42,10 +42,11 @@ BENCH_PIPELINE_COUNT (500), BENCH_FLOOD_SECONDS (s per window, 10), BENCH_FLOOD_
 windows, alone then flood, 2), BENCH_USERS (per set, 1000), BENCH_BIN_DIR (target/release),
 BENCH_OUT (target/bench), BENCH_GOPHERMART_FLAGS (extra flags for every gophermart, the
 baseline's included), BENCH_SKIP (comma-separated phases to skip: grid, baseline, floor,
-ceiling, mixed, pipeline, storm, freeze, flood, drain, ratelimit, pooler; storm leaves out the baseline's
-storms too),
+ceiling, mixed, pipeline, storm, freeze, flood, drain, ratelimit, pooler, eventwrites; storm leaves out
+the baseline's storms too),
 BENCH_DRAIN_COUNT (the drain phase's backlog, 50000). The floor phase: BENCH_FLOOR_CLIENTS (64),
-BENCH_FLOOR_SECONDS (8), BENCH_FLOOR_ROUNDS (runs per server and endpoint, 2).
+BENCH_FLOOR_SECONDS (8), BENCH_FLOOR_ROUNDS (runs per server and endpoint, 2). The eventwrites
+phase: BENCH_EVENTWRITES_CLIENTS (64), BENCH_EVENTWRITES_ROUNDS (runs per mode and endpoint, 2).
 Before and after: BENCH_BASELINE_BIN_DIR (the baseline build's binaries; only its gophermart
 is used), BENCH_BASELINE_LABEL (its name in the report; default the folder),
 BENCH_BASELINE_LEVELS ("64"), BENCH_BASELINE_ROUNDS (runs per build and point, 2).
@@ -66,6 +67,7 @@ from common import (BASELINE, BASELINE_BIN, BENCH, BIN, DB, DURATION, EXTRA_FLAG
 from phases.baseline import baseline_phase
 from phases.ceiling import ceilings
 from phases.drain import drain
+from phases.eventwrites import eventwrites_phase
 from phases.flood import flood
 from phases.floor import floor_phase
 from phases.freeze import frozen_worker
@@ -143,6 +145,9 @@ def main():
 
         if "floor" not in SKIP:
             floor_phase(accrual, tokens, ids, results)
+
+        if "eventwrites" not in SKIP:
+            eventwrites_phase(accrual, tokens, results)
 
         if "pooler" not in SKIP and POOLER_DB:
             pooler_phase(accrual, tokens, ids, results)
