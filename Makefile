@@ -112,13 +112,14 @@ debug-bins:
 	$(CARGO) test --workspace --no-run
 
 # The API page in headless Chromium, refreshing docs/screenshots/swagger-ui.png; `make test`
-# runs it with its screenshot in /tmp. Either installs Debian's chromium, nodejs and npm when
+# runs it with its screenshot in target/browser (kept for a look, like target/fuzz's reports;
+# nothing outside the work tree). Either installs Debian's chromium, nodejs and npm when
 # root and they are missing, and fails naming them otherwise: it is never skipped.
 test-browser:
 	scripts/test-browser.sh
 
 test-browser-tmp:
-	SCREENSHOT=/tmp/gophermart-swagger-ui.png scripts/test-browser.sh
+	SCREENSHOT=$(CURDIR)/target/browser/swagger-ui.png scripts/test-browser.sh
 
 # The long chaos run; `make test` runs a 15-second version of the same test.
 CHAOS_SECONDS ?= 180
