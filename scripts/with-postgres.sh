@@ -83,7 +83,9 @@ remove_keep_dir() {
         # is removed, and the folder left alone.
         if [[ "$target" =~ ^$kept_root/[^/]+$ && "$target" != */. && "$target" != */.. ]]; then
             rm -rf -- "$target"
-            rmdir --ignore-fail-on-non-empty -- "$kept_root"
+            # $kept_root goes with its last cluster. Another run removing its own cluster at
+            # the same time may have removed it first: that is no failure.
+            rmdir --ignore-fail-on-non-empty -- "$kept_root" 2>/dev/null || [[ ! -e "$kept_root" ]]
             echo "with-postgres: removed $target and the link $dir to it" >&2
         else
             echo "with-postgres: removed the link $dir; $target, which it named, is left alone" >&2
