@@ -5,8 +5,9 @@
 //! answered `304 Not Modified` with no body. Every instance of one build computes the same tag
 //! for the same content (foldhash's quality hash with a fixed seed: the tag only tells one state
 //! of a customer's own data from the next, so a fast 64-bit hash serves, at a third of what
-//! SipHash cost a list); after an upgrade a client may get one 200 where a 304 would have done. `Cache-Control: private, no-cache`: no shared cache keeps a
-//! customer's data, and a browser asks again each time, conditionally.
+//! SipHash cost a list); after an upgrade a client may get one 200 where a 304 would have done.
+//! `Cache-Control: private, no-cache`: no shared cache keeps a customer's data, and a browser
+//! asks again each time, conditionally.
 //!
 //! **Pages.** With no parameters a list is whole, as the contract has it. `?limit=N` (1 to
 //! [`MAX_PAGE`]) answers the newest N items, and `Link: <…?limit=N&before=C>; rel="next"`

@@ -74,12 +74,6 @@ impl EventMessage {
                     .content_schema(Some(data)),
             )
             .required("data")
-            .property(
-                "retry",
-                ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .minimum(Some(0)),
-            )
             .into()
     }
 }
@@ -137,6 +131,7 @@ impl ResponseError for EventsError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = error_problem(self);
+        // Not by `status_code`: for a database error that would log it a second time.
         if let OpenStreamError::CustomerLimit(_) | OpenStreamError::InstanceLimit(_) = &self.0 {
             response
                 .headers_mut()
