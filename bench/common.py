@@ -633,6 +633,35 @@ def wait_queue_empty(timeout):
     return False
 
 
+def taking_turns(accrual, tokens, endpoint, clients, tag, prefixes, rounds, kinds, key, start,
+                 alternate=False):
+    """One point of `endpoint` at `clients` connections for each of `kinds` (builds, ways of
+    connecting, settings), measured taking turns, `rounds` runs each, a fresh service from
+    `start(kind)` for every run (stopped once the accrual worker has finished the run's
+    uploads), so that the drift of a shared machine falls on all alike; with `alternate` every
+    other round goes in the reverse order. Each run records its kind under `key`. Returns the
+    point (its runs and, per kind, the mean of its runs: mean_of_runs) and the next tag."""
+    name = endpoint[0]
+    runs = []
+    for round_ in range(rounds):
+        for kind in (kinds[::-1] if alternate and round_ % 2 else kinds):
+            gm = start(kind)
+            try:
+                result = endpoint_point(gm, accrual, tokens, endpoint, clients, tag, prefixes,
+                                        retry=False)
+                wait_queue_empty(60)
+            finally:
+                gm.stop()
+            tag += 1
+            result[key] = kind
+            runs.append(result)
+            log_point(f"{name:8} c={clients:<3} {key} {kind:9}", result)
+    point = {"clients": clients, "runs": runs}
+    for kind in kinds:
+        point[kind] = mean_of_runs([r for r in runs if r[key] == kind])
+    return point, tag
+
+
 def clear_queue_leftovers(phase):
     """Removes queue entries that earlier phases left (orders the accrual system did not know),
     which would otherwise take the worker's requests in `phase`; says how many there were."""

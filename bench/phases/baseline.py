@@ -33,24 +33,9 @@ def baseline_phase(accrual, tokens, results):
     for clients in BASELINE_LEVELS:
         for endpoint in ENDPOINTS:
             name = endpoint[0]
-            runs = []  # (build, result), in the order measured
-            for _ in range(BASELINE_ROUNDS):
-                for build in builds:
-                    gm = start(build)
-                    try:
-                        result = endpoint_point(gm, accrual, tokens, endpoint, clients, tag,
-                                                BASELINE_PREFIXES, retry=False)
-                        # This build's worker finishes this build's uploads.
-                        wait_queue_empty(60)
-                    finally:
-                        gm.stop()
-                    tag += 1
-                    result["build"] = build
-                    runs.append(result)
-                    log_point(f"{name:8} c={clients:<3} {build:8}", result)
-            point = {"clients": clients, "runs": runs}
-            for build in builds:
-                point[build] = mean_of_runs([r for r in runs if r["build"] == build])
+            point, tag = taking_turns(accrual, tokens, endpoint, clients, tag,
+                                      BASELINE_PREFIXES, BASELINE_ROUNDS, list(builds), "build",
+                                      start)
             out["endpoints"].setdefault(name, []).append(point)
 
     # The login storm once per build (without the nice experiment).

@@ -29,28 +29,16 @@ def eventwrites_phase(accrual, tokens, results):
     of its runs is kept. The triggers are on again when the phase ends, however it ends."""
     out = {"clients": CLIENTS, "rounds": ROUNDS, "endpoints": {}}
     tag = 0
+
+    def start(mode):
+        set_event_writes(mode == "on")
+        return Gophermart(accrual.url, log_name=f"gophermart-events-{mode}")
+
     try:
         for endpoint in ENDPOINTS:
             name = endpoint[0]
-            runs = []
-            for round_ in range(ROUNDS):
-                for mode in (("on", "off") if round_ % 2 == 0 else ("off", "on")):
-                    set_event_writes(mode == "on")
-                    gm = Gophermart(accrual.url, log_name=f"gophermart-events-{mode}")
-                    try:
-                        result = endpoint_point(gm, accrual, tokens, endpoint, CLIENTS, tag,
-                                                PREFIXES, retry=False)
-                        # The accrual worker credits this run's uploads under the same mode.
-                        wait_queue_empty(60)
-                    finally:
-                        gm.stop()
-                    tag += 1
-                    result["events"] = mode
-                    runs.append(result)
-                    log_point(f"{name:8} c={CLIENTS:<3} events {mode:3}", result)
-            point = {"runs": runs}
-            for mode in ("on", "off"):
-                point[mode] = mean_of_runs([r for r in runs if r["events"] == mode])
+            point, tag = taking_turns(accrual, tokens, endpoint, CLIENTS, tag, PREFIXES, ROUNDS,
+                                      ["on", "off"], "events", start, alternate=True)
             point["ratio"] = point["on"]["rps"] / point["off"]["rps"]
             out["endpoints"][name] = point
             log(f"eventwrites: {name} {point['on']['rps']:.0f} req/s with the event writes, "

@@ -19,29 +19,19 @@ def pooler_phase(accrual, tokens, ids, results):
         "unnamed": (DB, unnamed),
         "pgbouncer": (POOLER_DB, unnamed + ["--database-listen-uri", DB]),
     }
+
+    def start(way):
+        db, extra = ways[way]
+        return Gophermart(accrual.url, log_name=f"gophermart-{way}", extra=extra, db=db)
+
     out = {"levels": POOLER_LEVELS, "rounds": POOLER_ROUNDS, "kept": "mean",
            "pgbouncer_pool_size": os.environ.get("PGBOUNCER_POOL_SIZE"), "endpoints": {}}
     tag = 0
     for clients in POOLER_LEVELS:
         for endpoint in ENDPOINTS:
             name = endpoint[0]
-            runs = []
-            for _ in range(POOLER_ROUNDS):
-                for way, (db, extra) in ways.items():
-                    gm = Gophermart(accrual.url, log_name=f"gophermart-{way}", extra=extra, db=db)
-                    try:
-                        result = endpoint_point(gm, accrual, tokens, endpoint, clients, tag,
-                                                POOLER_PREFIXES, retry=False)
-                        wait_queue_empty(60)
-                    finally:
-                        gm.stop()
-                    tag += 1
-                    result["way"] = way
-                    runs.append(result)
-                    log_point(f"{name:8} c={clients:<3} {way:9}", result)
-            point = {"clients": clients, "runs": runs}
-            for way in ways:
-                point[way] = mean_of_runs([r for r in runs if r["way"] == way])
+            point, tag = taking_turns(accrual, tokens, endpoint, clients, tag,
+                                      POOLER_PREFIXES, POOLER_ROUNDS, list(ways), "way", start)
             out["endpoints"].setdefault(name, []).append(point)
     cpu = CpuMeter()
     for clients in POOLER_LEVELS:
