@@ -59,10 +59,25 @@ async fn stream(base: &str, token: &str, last_event_id: Option<&str>) -> Stream 
     }
 }
 
-/// An event id as the position it names, which orders the events.
-fn position(id: &str) -> (u64, i64) {
-    let (tx, n) = id.split_once('-').expect("tx-id");
-    (tx.parse().expect("tx"), n.parse().expect("id"))
+/// The positions an event id names: what the stream delivered through, then the later
+/// transactions it delivered ahead (each through the event given).
+fn cursor(id: &str) -> Vec<(u64, i64)> {
+    id.split('.')
+        .map(|part| {
+            let (tx, n) = part.split_once('-').expect("tx-id");
+            (tx.parse().expect("tx"), n.parse().expect("id"))
+        })
+        .collect()
+}
+
+/// Whether the stream had delivered more at id `later` than at id `earlier`: everything the
+/// earlier one covers, and something else.
+fn beyond(later: &str, earlier: &str) -> bool {
+    let (later, earlier) = (cursor(later), cursor(earlier));
+    let covered = |&(tx, n): &(u64, i64)| {
+        (tx, n) <= later[0] || later[1..].iter().any(|&(t, m)| t == tx && n <= m)
+    };
+    later != earlier && earlier.iter().all(covered)
 }
 
 fn data(event: &Event) -> Value {
@@ -224,6 +239,49 @@ async fn a_client_resumes_on_another_instance_and_after_a_restart_missing_nothin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_arrives_while_an_older_transaction_runs_and_a_resume_gets_exactly_the_rest() {
+    let app = spawn_app_with(Options::default()).await;
+    let token = app.signed_up("quick").await;
+    let (mut events, _) = ready(&app.address, &token).await;
+    // An older transaction, still running, changes the customer's balance.
+    let slow = app
+        .db
+        .begin("UPDATE accounts SET balance = 5 WHERE user_id = (SELECT id FROM users WHERE login = 'quick')")
+        .await;
+    let number = order_number(901);
+    assert_eq!(app.upload(&token, &number).await.status(), 202);
+    let uploaded = events.next().await;
+    assert_eq!(
+        uploaded.event, "order",
+        "delivered while the older one runs"
+    );
+    assert_eq!(data(&uploaded)["number"], number);
+    drop(events);
+    slow.commit().await;
+
+    // From the upload's id: the older transaction's change, and the upload not again.
+    let mut resumed = stream(&app.address, &token, Some(&uploaded.id)).await;
+    let later = order_number(902);
+    assert_eq!(app.upload(&token, &later).await.status(), 202);
+    let mut balances = Vec::new();
+    let mut last = uploaded.id.clone();
+    loop {
+        let event = resumed.next().await;
+        assert!(beyond(&event.id, &last), "{} after {last}", event.id);
+        last = event.id.clone();
+        if event.event == "balance" {
+            balances.push(data(&event));
+            continue;
+        }
+        assert_ne!(data(&event), data(&uploaded), "the upload once");
+        if data(&event)["number"] == later {
+            break;
+        }
+    }
+    assert_eq!(balances, vec![json!({"current": 5, "withdrawn": 0})]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_away_longer_than_the_retention_is_told_to_reset() {
     let app: TestApp = spawn_app_with(Options::default()).await;
     let token = app.signed_up("sleeper").await;
@@ -245,7 +303,7 @@ async fn a_client_away_longer_than_the_retention_is_told_to_reset() {
     loop {
         let event = resumed.next().await;
         assert!(
-            position(&event.id) > position(&reset.id),
+            beyond(&event.id, &reset.id),
             "{} after {}",
             event.id,
             reset.id
@@ -317,7 +375,7 @@ async fn a_last_event_id_that_is_no_id_sent_opens_with_reset_and_an_empty_one_wi
         let first = events.next().await;
         assert_eq!(first.event, "reset", "Last-Event-ID {bad:?}");
         assert_eq!(data(&first), json!({}));
-        position(&first.id);
+        cursor(&first.id);
         opened.push((events, first.id));
     }
     let mut fresh = stream(&app.address, &token, Some("")).await;
@@ -330,6 +388,6 @@ async fn a_last_event_id_that_is_no_id_sent_opens_with_reset_and_an_empty_one_wi
         let uploaded = events.next().await;
         assert_eq!(uploaded.event, "order");
         assert_eq!(data(&uploaded)["number"], number);
-        assert!(position(&uploaded.id) > position(reset));
+        assert!(beyond(&uploaded.id, reset));
     }
 }

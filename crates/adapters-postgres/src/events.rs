@@ -5,7 +5,7 @@
 //! cast PostgreSQL offers), which holds every id a cluster can reach.
 
 use application::{
-    ports::events::{Change, Event, EventLog, EventPosition, Horizon, Resumed},
+    ports::events::{Change, Cursor, Event, EventLog, EventPosition, Resumed, Snapshot},
     RepositoryError,
 };
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    sql_types::{Bool, Int4, Int8, Nullable, Numeric, Text, Timestamptz},
+    sql_types::{Array, Bool, Int4, Int8, Nullable, Numeric, Text, Timestamptz},
     QueryableByName,
 };
 use diesel_async::RunQueryDsl;
@@ -29,45 +29,63 @@ use crate::{
 };
 
 prepared_statement! {
-    /// The log's readable end: the oldest transaction still running (or the next to start).
-    struct ReadHorizon {}
-    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS horizon"
+    /// Which transactions have ended now.
+    struct ReadSnapshot {}
+    "SELECT pg_current_snapshot()::text AS snapshot"
 }
 
 prepared_statement! {
-    /// Every event of the transactions from `$1` on that have ended, and the readable end
-    /// (one row with no event when there is none).
+    /// Every event of the transactions that had not ended at snapshot `$1` (running then, or
+    /// not yet begun: from its end `$2` on) and have now, and the snapshot now (one row with no
+    /// event when there is none). The statement's rows and `pg_current_snapshot()` share one
+    /// snapshot.
+    ///
+    /// `$3` bounds the range from above (far beyond any transaction that can have begun since)
+    /// so that a generic plan, which cannot see the values, still expects a narrow range and
+    /// reads it through the index: expecting a third of the table for an open range, it
+    /// would scan the whole log on every read.
     struct ReadEvents {
+        since: String => Text,
         from: i64 => Int8,
+        before: i64 => Int8,
     }
-    "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS end_tx)
-     SELECT h.end_tx::text::int8 AS horizon, true AS known,
+    "WITH s AS (SELECT pg_current_snapshot() AS now)
+     SELECT s.now::text AS snapshot, true AS known,
             e.tx::text::int8 AS tx, e.id, e.user_id, e.order_number, e.status, e.accrual,
             e.uploaded_at, e.balance, e.withdrawn
-     FROM h LEFT JOIN events e ON e.tx >= $1::text::xid8 AND e.tx < h.end_tx
+     FROM s LEFT JOIN events e
+       ON (e.tx >= $2::text::xid8 AND e.tx < $3::text::xid8)
+          OR e.tx = ANY (ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot)))
      ORDER BY e.tx, e.id"
 }
 
 prepared_statement! {
-    /// A customer's events after a position, before a horizon, at most `$5`; `known` says
-    /// whether every event after the position is still in the log (none was removed after
-    /// the retention); no event is read when not.
+    /// A customer's events after position (`$2`, `$3`), but for those of transactions `$5`
+    /// up to ids `$6`, of the transactions that had ended at snapshot `$4`, at most `$7`;
+    /// `known` says whether every event after the position is still in the log (none was
+    /// removed after the retention); no event is read when not.
     struct ResumeEvents {
         user: i64 => Int8,
         tx: i64 => Int8,
         id: i64 => Int8,
-        until: i64 => Int8,
+        until: String => Text,
+        also_tx: Vec<i64> => Array<Int8>,
+        also_id: Vec<i64> => Array<Int8>,
         limit: i32 => Int4,
     }
     "WITH k AS (SELECT $2 > through AS known FROM events_pruned)
-     SELECT 0::int8 AS horizon, k.known,
+     SELECT ''::text AS snapshot, k.known,
             e.tx::text::int8 AS tx, e.id, e.user_id, e.order_number, e.status, e.accrual,
             e.uploaded_at, e.balance, e.withdrawn
      FROM k LEFT JOIN LATERAL (
          SELECT * FROM events
          WHERE k.known AND user_id = $1 AND (tx, id) > ($2::text::xid8, $3)
-           AND tx < $4::text::xid8
-         ORDER BY tx, id LIMIT $5) e ON true
+           AND tx < pg_snapshot_xmax($4::pg_snapshot)
+           AND pg_visible_in_snapshot(tx, $4::pg_snapshot)
+           AND NOT EXISTS (
+               SELECT 1 FROM unnest($5::int8[], $6::int8[]) AS a(tx, id)
+               WHERE a.tx::text::xid8 = events.tx AND events.id <= a.id)
+         ORDER BY tx, id LIMIT $7) e ON true
      ORDER BY e.tx, e.id"
 }
 
@@ -96,16 +114,17 @@ struct Removed {
 }
 
 #[derive(QueryableByName)]
-struct HorizonRow {
-    #[diesel(sql_type = Int8)]
-    horizon: i64,
+struct SnapshotRow {
+    #[diesel(sql_type = Text)]
+    snapshot: String,
 }
 
 /// A row of [`ReadEvents`] or [`ResumeEvents`]: an event, or none (its columns NULL).
 #[derive(QueryableByName)]
 struct EventRow {
-    #[diesel(sql_type = Int8)]
-    horizon: i64,
+    /// `pg_current_snapshot()`'s text (of a read; empty for a resume).
+    #[diesel(sql_type = Text)]
+    snapshot: String,
     #[diesel(sql_type = Bool)]
     known: bool,
     #[diesel(sql_type = Nullable<Int8>)]
@@ -179,50 +198,83 @@ fn stored(tx: u64) -> i64 {
     i64::try_from(tx).unwrap_or(i64::MAX)
 }
 
+/// A `pg_snapshot` from its text, `xmin:xmax:running,running`.
+fn snapshot(text: &str) -> Result<Snapshot, RepositoryError> {
+    let bad = || corrupt(format!("a snapshot {text:?}"));
+    let mut parts = text.splitn(3, ':');
+    let mut next = || parts.next().ok_or_else(bad);
+    let xmin = next()?.parse().map_err(|_| bad())?;
+    let xmax = next()?.parse().map_err(|_| bad())?;
+    let running = next()?;
+    let mut running = if running.is_empty() {
+        Vec::new()
+    } else {
+        running
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(|_| bad())?
+    };
+    running.sort_unstable();
+    Ok(Snapshot {
+        xmin,
+        xmax,
+        running,
+    })
+}
+
+/// A `pg_snapshot`'s text.
+fn snapshot_text(snapshot: &Snapshot) -> String {
+    let running: Vec<String> = snapshot.running.iter().map(u64::to_string).collect();
+    format!("{}:{}:{}", snapshot.xmin, snapshot.xmax, running.join(","))
+}
+
 #[async_trait]
 impl EventLog for PgStore {
-    async fn horizon(&self) -> Result<Horizon, RepositoryError> {
+    async fn snapshot(&self) -> Result<Snapshot, RepositoryError> {
         let mut conn = self.conn().await?;
-        let row: HorizonRow = ReadHorizon {}
+        let row: SnapshotRow = ReadSnapshot {}
             .get_result(&mut conn)
             .await
             .map_err(from_diesel)?;
-        Ok(Horizon(transaction(row.horizon)?))
+        snapshot(&row.snapshot)
     }
 
-    async fn read(&self, from: Horizon) -> Result<(Vec<Event>, Horizon), RepositoryError> {
+    async fn read(&self, since: &Snapshot) -> Result<(Vec<Event>, Snapshot), RepositoryError> {
         let mut conn = self.conn().await?;
         let rows: Vec<EventRow> = ReadEvents {
-            from: stored(from.0),
+            since: snapshot_text(since),
+            from: stored(since.xmax),
+            before: stored(since.xmax).saturating_add(1 << 40),
         }
         .load(&mut conn)
         .await
         .map_err(from_diesel)?;
-        let end = <[EventRow]>::first(&rows)
-            .map(|row| row.horizon)
-            .ok_or_else(|| corrupt("no readable end of the event log".to_owned()))?;
+        let now = <[EventRow]>::first(&rows)
+            .map(|row| snapshot(&row.snapshot))
+            .ok_or_else(|| corrupt("no snapshot with the event log".to_owned()))??;
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             events.extend(row.event()?);
         }
-        // The end never goes back, even if the database's answer did (after a failover to a
-        // standby that had not seen the newest transactions start).
-        Ok((events, Horizon(transaction(end)?.max(from.0))))
+        Ok((events, now))
     }
 
     async fn resume(
         &self,
         user: UserId,
-        after: EventPosition,
-        until: Horizon,
+        after: &Cursor,
+        until: &Snapshot,
         limit: u32,
     ) -> Result<Resumed, RepositoryError> {
         let mut conn = self.conn().await?;
         let rows: Vec<EventRow> = ResumeEvents {
             user: user.0,
-            tx: stored(after.tx),
-            id: after.id,
-            until: stored(until.0),
+            tx: stored(after.through.tx),
+            id: after.through.id,
+            until: snapshot_text(until),
+            also_tx: after.also.iter().map(|a| stored(a.tx)).collect(),
+            also_id: after.also.iter().map(|a| a.id).collect(),
             limit: i32::try_from(limit).unwrap_or(i32::MAX),
         }
         .load(&mut conn)
@@ -248,5 +300,23 @@ impl EventLog for PgStore {
         .await
         .map_err(from_diesel)?;
         Ok(u64::try_from(row.removed).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_reads_back_as_postgresql_prints_it() {
+        for text in ["741:741:", "741:760:742,755", "5:9:8"] {
+            assert_eq!(snapshot_text(&snapshot(text).expect(text)), text);
+        }
+        let s = snapshot("741:760:755,742").expect("unsorted");
+        assert_eq!(s.running, vec![742, 755]);
+        assert!(s.ended(740) && s.ended(743) && !s.ended(742) && !s.ended(760));
+        for bad in ["", "1", "1:2", "a:2:", "1:2:x"] {
+            assert!(snapshot(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -332,7 +332,45 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A transaction left running, for tests of what happens meanwhile.
+pub struct RunningTransaction {
+    conn: AsyncPgConnection,
+}
+
+impl std::fmt::Debug for RunningTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningTransaction").finish_non_exhaustive()
+    }
+}
+
+impl RunningTransaction {
+    /// Commits it.
+    ///
+    /// # Panics
+    /// When the commit fails; this is test code.
+    pub async fn commit(mut self) {
+        diesel_async::SimpleAsyncConnection::batch_execute(&mut self.conn, "COMMIT")
+            .await
+            .expect("commit");
+    }
+}
+
 impl TestDatabase {
+    /// Begins a transaction on this database that runs `sql` and stays open until committed
+    /// (rolled back when dropped).
+    ///
+    /// # Panics
+    /// When the statements fail; this is test code.
+    pub async fn begin(&self, sql: &str) -> RunningTransaction {
+        let mut conn = AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("connect");
+        diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, &format!("BEGIN; {sql}"))
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+        RunningTransaction { conn }
+    }
+
     /// Runs SQL statements on this database, for tests that set up (or break) data on purpose.
     ///
     /// # Panics

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use adapters_postgres::{testing::TestDatabase, PgStore};
 use application::ports::{
-    events::{Change, EventLog, EventPosition, Resumed},
+    events::{Change, Cursor, Event, EventLog, EventPosition, Resumed, Snapshot},
     ledger::{LedgerRepository, WithdrawOutcome},
     orders::{InsertOrderOutcome, OrderRepository},
     queue::{AccrualQueue, FinalOutcome},
@@ -31,15 +31,20 @@ fn number(seed: u64) -> OrderNumber {
     OrderNumber::parse(&with_check_digit(&seed.to_string())).expect("valid number")
 }
 
-/// Every event of the log, once at least `count` are readable: the log's readable end waits
-/// for every older transaction of the cluster, and other tests' run beside these.
-async fn everything(store: &PgStore, count: usize) -> Vec<application::ports::events::Event> {
+/// Which transactions had ended before the first one began.
+fn beginning() -> Snapshot {
+    Snapshot {
+        xmin: 1,
+        xmax: 1,
+        running: Vec::new(),
+    }
+}
+
+/// Every event of the log, once at least `count` are readable.
+async fn everything(store: &PgStore, count: usize) -> Vec<Event> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (events, _) = store
-            .read(application::ports::events::Horizon(0))
-            .await
-            .expect("read");
+        let (events, _) = store.read(&beginning()).await.expect("read");
         if events.len() >= count || std::time::Instant::now() > deadline {
             return events;
         }
@@ -49,11 +54,14 @@ async fn everything(store: &PgStore, count: usize) -> Vec<application::ports::ev
 
 /// `user`'s events after `after`, once at least `count` are readable (or the log says some
 /// are lost).
-async fn resumed(store: &PgStore, user: UserId, after: EventPosition, count: usize) -> Resumed {
+async fn resumed(store: &PgStore, user: UserId, after: &Cursor, count: usize) -> Resumed {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let until = store.horizon().await.expect("horizon");
-        let resumed = store.resume(user, after, until, 100).await.expect("resume");
+        let until = store.snapshot().await.expect("snapshot");
+        let resumed = store
+            .resume(user, after, &until, 100)
+            .await
+            .expect("resume");
         match &resumed {
             Resumed::Events(events)
                 if events.len() < count && std::time::Instant::now() < deadline =>
@@ -167,8 +175,14 @@ async fn a_change_rolled_back_leaves_no_event() {
     assert_eq!(events.len(), 1, "only the committed change: {events:?}");
 }
 
+#[derive(diesel::QueryableByName)]
+struct Tx {
+    #[diesel(sql_type = diesel::sql_types::Int8)]
+    tx: i64,
+}
+
 #[tokio::test]
-async fn events_of_a_transaction_still_running_are_read_once_it_ended_never_passed_over() {
+async fn events_are_read_when_their_transaction_commits_and_a_late_one_is_never_passed_over() {
     let db = TestDatabase::create().await;
     let store = db.store();
     let payer = user(&store, "payer").await;
@@ -182,28 +196,52 @@ async fn events_of_a_transaction_still_running_are_read_once_it_ended_never_pass
     ))
     .await
     .expect("update");
-    let from = store.horizon().await.expect("horizon");
+    let from = store.snapshot().await.expect("snapshot");
     let other = user(&store, "other").await;
     store
         .insert(other, &number(7), Utc::now(), None)
         .await
         .expect("insert");
 
-    // The later transaction committed, but the earlier one is still running: nothing past it
-    // is readable yet, so the reader cannot move beyond the slow one's events.
-    let (early, end) = store.read(from).await.expect("read");
-    assert!(early.is_empty(), "{early:?}");
+    // The later transaction committed while the earlier one still runs: its event is read
+    // now, and the earlier one's is not passed over.
+    let (early, end) = store.read(&from).await.expect("read");
+    let users: Vec<UserId> = early.iter().map(|e| e.user).collect();
+    assert_eq!(users, vec![other], "{early:?}");
+    let slow_tx: Tx = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT pg_current_xact_id()::text::int8 AS tx"),
+        &mut slow,
+    )
+    .await
+    .expect("the slow one's id");
+    let slow_tx = u64::try_from(slow_tx.tx).expect("an id");
+    assert!(!end.ended(slow_tx) && early[0].position.tx > slow_tx);
 
+    let (nothing, end) = store.read(&end).await.expect("read");
+    assert!(nothing.is_empty(), "read once: {nothing:?}");
     slow.batch_execute("COMMIT").await.expect("commit");
-    let (mut events, mut from) = (Vec::new(), end);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while events.len() < 2 && std::time::Instant::now() < deadline {
-        let (read, end) = store.read(from).await.expect("read");
-        events.extend(read);
-        from = end;
-    }
-    let users: Vec<UserId> = events.iter().map(|e| e.user).collect();
-    assert_eq!(users, vec![payer, other], "both, the slow one's first");
+    let (late, end) = store.read(&end).await.expect("read");
+    let users: Vec<UserId> = late.iter().map(|e| e.user).collect();
+    assert_eq!(users, vec![payer], "{late:?}");
+    assert_eq!(late[0].position.tx, slow_tx);
+    assert!(end.ended(slow_tx));
+
+    // A customer's resume covers what a cursor lists ahead and nothing more.
+    let ahead = Cursor {
+        through: EventPosition {
+            tx: from.xmin,
+            id: 0,
+        },
+        also: vec![early[0].position],
+    };
+    let Resumed::Events(missed) = resumed(&store, other, &ahead, 0).await else {
+        panic!("nothing was pruned");
+    };
+    assert!(missed.is_empty(), "{missed:?}");
+    let Resumed::Events(missed) = resumed(&store, payer, &ahead, 1).await else {
+        panic!("nothing was pruned");
+    };
+    assert_eq!(missed, late);
 }
 
 #[tokio::test]
@@ -211,12 +249,12 @@ async fn pruning_removes_old_events_and_a_reader_from_before_them_is_told_so() {
     let db = TestDatabase::create().await;
     let store = db.store();
     let payer = user(&store, "payer").await;
-    let start = EventPosition::before(store.horizon().await.expect("horizon"));
+    let start = Cursor::start(store.snapshot().await.expect("snapshot").xmin);
     store
         .insert(payer, &number(1), Utc::now(), None)
         .await
         .expect("insert");
-    let Resumed::Events(missed) = resumed(&store, payer, start, 1).await else {
+    let Resumed::Events(missed) = resumed(&store, payer, &start, 1).await else {
         panic!("nothing was pruned yet");
     };
     assert_eq!(missed.len(), 1);
@@ -243,10 +281,10 @@ async fn pruning_removes_old_events_and_a_reader_from_before_them_is_told_so() {
         1
     );
 
-    let until = store.horizon().await.expect("horizon");
+    let until = store.snapshot().await.expect("snapshot");
     assert_eq!(
         store
-            .resume(payer, start, until, 100)
+            .resume(payer, &start, &until, 100)
             .await
             .expect("resume"),
         Resumed::Lost
@@ -256,7 +294,15 @@ async fn pruning_removes_old_events_and_a_reader_from_before_them_is_told_so() {
     assert_eq!(remaining.len(), 1);
     assert_eq!(
         store
-            .resume(payer, remaining[0].position, until, 100)
+            .resume(
+                payer,
+                &Cursor {
+                    through: remaining[0].position,
+                    also: Vec::new()
+                },
+                &until,
+                100
+            )
             .await
             .expect("resume"),
         Resumed::Events(Vec::new())

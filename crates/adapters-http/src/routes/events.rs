@@ -39,9 +39,10 @@ const RETRY: Duration = Duration::from_secs(1);
 /// The `Retry-After` of a refused stream.
 const REFUSED_RETRY_AFTER_SECONDS: u32 = 10;
 
-/// The form of a message's `id`: the writing transaction and the event, as
-/// [`application::ports::events::EventPosition`] prints them (both stay below 10^18).
-const EVENT_ID_PATTERN: &str = r"^[0-9]{1,18}-[0-9]{1,18}$";
+/// The form of a message's `id`: a [`application::ports::events::Cursor`] as it prints,
+/// positions (a transaction and an event, both below 10^18) joined by dots, the first what
+/// was delivered through and the others (at most 32) the transactions delivered ahead of it.
+const EVENT_ID_PATTERN: &str = r"^[0-9]{1,18}-[0-9]{1,18}(\.[0-9]{1,18}-[0-9]{1,18}){0,32}$";
 
 /// One message of the stream, as an `EventSource` client receives it: its `event` name, its
 /// `id` and its `data`, a JSON document whose schema depends on the name.
@@ -163,8 +164,8 @@ fn message(item: StreamItem) -> sse::Event {
     let data = match item {
         StreamItem::Ready(at) => sse::Data::new("{}").event("ready").id(at.to_string()),
         StreamItem::Reset(at) => sse::Data::new("{}").event("reset").id(at.to_string()),
-        StreamItem::Event(event) => {
-            let id = event.position.to_string();
+        StreamItem::Event(event, cursor) => {
+            let id = cursor.to_string();
             let data = match event.change {
                 Change::Order(order) => {
                     sse::Data::new_json(OrderItem::from(order)).map(|d| d.event("order"))
@@ -205,13 +206,14 @@ fn message(item: StreamItem) -> sse::Event {
         the balance again.\n\n\
         Every message has an `id`. A client that reconnects with the last one it received in \
         `Last-Event-ID` (EventSource does so by itself) gets every event it missed, then the \
-        new ones, in order and once each. A comment is sent after 10 s of silence. When the \
-        instance stops, its streams end; the client reconnects (to another instance).",
+        new ones, once each. An event is sent as soon as its change commits; events of \
+        changes committed at nearly the same moment can arrive in either order. A comment is sent after 10 s of silence. When the instance stops, its streams end; \
+        the client reconnects (to another instance).",
     params(
         ("Last-Event-ID" = Option<String>, Header, nullable = false,
             description = "The `id` of the last message received, to resume after it. A value \
                 that is not an id this endpoint sent opens the stream with `reset`.",
-            example = "741-2051"),
+            example = "741-2051.743-2056"),
     ),
     responses(
         (status = 200, description = "The stream.", content_type = "text/event-stream", body = EventMessage,

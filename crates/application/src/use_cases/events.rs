@@ -1,12 +1,15 @@
 //! Live event streams: each customer's open streams on this instance, fed from the event log.
 //!
-//! One task per instance ([`EventStreams::run`]) reads the log's newest events while any
-//! stream is open, when woken (a change committed here, or another instance's announcement)
-//! and at least every [`EventStreamsConfig::poll_interval`], and hands each event to its
-//! customer's streams. A stream that resumes from a position first reads what it missed from
-//! the log, up to the horizon where the live reads began, so that nothing is missed or seen
-//! twice. A stream that falls [`EventStreamsConfig::buffer`] events behind is ended: its
-//! client reconnects from its last event and reads the rest from the log.
+//! One task per instance ([`EventStreams::run`]) reads the log while any stream is open, when
+//! woken (a change committed here, or another instance's announcement) and at least every
+//! [`EventStreamsConfig::poll_interval`]: the events of the transactions that ended since the
+//! last read, as soon as they committed, even while older ones still run. It hands each event
+//! to its customer's streams. Each stream keeps a [`Cursor`] of what it delivered, sent with
+//! every event, so that a client resuming from it gets exactly what it missed. A stream first
+//! reads from the log what its customer's cursor does not cover up to where the live reads
+//! began. A stream that falls [`EventStreamsConfig::buffer`] events behind, or that would list
+//! too many transactions delivered ahead of an older one still running, is ended: its client
+//! reconnects from its last event and reads the rest from the log.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,7 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::ports::{
-    events::{Event, EventLog, EventPosition, Horizon, Resumed},
+    events::{Cursor, Event, EventLog, Resumed, Snapshot},
     RepositoryError,
 };
 
@@ -73,12 +76,12 @@ pub enum OpenStreamError {
 }
 
 /// Where a stream starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamStart {
     /// From now on: the stream opens with [`StreamItem::Ready`].
     Now,
-    /// After a position a stream sent: the events missed since then come first.
-    After(EventPosition),
+    /// After a cursor a stream sent: the events missed since then come first.
+    After(Cursor),
     /// After a position the log cannot place (not one a stream sends): nothing can be said of
     /// what was missed, so the stream opens with [`StreamItem::Reset`], as when the events
     /// after a position were removed. A client is never refused for its position: a browser's
@@ -89,25 +92,31 @@ pub enum StreamStart {
 /// What a stream sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamItem {
-    /// The stream starts here (it resumed from nothing): the position to resume from.
-    Ready(EventPosition),
-    /// Events after the position the stream resumed from were removed, or the position is
-    /// not one the log can place: the client must load the state again; the stream goes on
-    /// from the position given.
-    Reset(EventPosition),
-    /// An event.
-    Event(Event),
+    /// The stream starts here (it resumed from nothing): the cursor to resume from.
+    Ready(Cursor),
+    /// Events after the cursor the stream resumed from were removed, or the cursor is not one
+    /// the log can place: the client must load the state again; the stream goes on from the
+    /// cursor given.
+    Reset(Cursor),
+    /// An event, and the stream's cursor once it is delivered.
+    Event(Event, Cursor),
+}
+
+/// An event read live, when every transaction before `xmin` had ended.
+struct Live {
+    event: Event,
+    xmin: u64,
 }
 
 struct Subscriber {
     key: u64,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Live>,
 }
 
 #[derive(Default)]
 struct Streams {
     /// Where the next live read begins; `None` while no stream is open.
-    horizon: Option<Horizon>,
+    snapshot: Option<Snapshot>,
     by_customer: HashMap<UserId, Vec<Subscriber>>,
     open: usize,
     next_key: u64,
@@ -167,15 +176,15 @@ impl EventStreams {
             if self.stopping.is_cancelled() {
                 return Err(OpenStreamError::Stopping);
             }
-            let known = self.lock().horizon.is_some();
+            let known = self.lock().snapshot.is_some();
             if !known && fetched.is_none() {
-                fetched = Some(self.log.horizon().await?);
+                fetched = Some(self.log.snapshot().await?);
             }
             let mut streams = self.lock();
-            let horizon = match (streams.horizon, fetched) {
-                (Some(horizon), _) => horizon,
-                (None, Some(horizon)) => *streams.horizon.insert(horizon),
-                // The last stream closed meanwhile: the horizon is to be read again.
+            let snapshot = match (&streams.snapshot, fetched.take()) {
+                (Some(snapshot), _) => snapshot.clone(),
+                (None, Some(snapshot)) => streams.snapshot.insert(snapshot).clone(),
+                // The last stream closed meanwhile: the snapshot is to be read again.
                 (None, None) => continue,
             };
             if streams.open >= self.config.max_streams {
@@ -197,20 +206,25 @@ impl EventStreams {
                     key,
                     events: sender,
                 });
-            let start = EventPosition::before(horizon);
-            let (pending, catch_up) = match from {
-                StreamStart::Now => (VecDeque::from([StreamItem::Ready(start)]), None),
-                StreamStart::After(after) => (VecDeque::new(), Some((after, horizon))),
-                StreamStart::Unknown => (VecDeque::from([StreamItem::Reset(start)]), None),
+            // A stream from now on first delivers the events of the transactions that ended
+            // after `xmin` but before the live reads began, as it would had it opened a moment
+            // earlier; a stream from a cursor, whatever the cursor does not cover.
+            let start = Cursor::start(snapshot.xmin);
+            let (cursor, pending, reset) = match from {
+                StreamStart::Now => (start.clone(), Some(StreamItem::Ready(start)), false),
+                StreamStart::Unknown => (start.clone(), Some(StreamItem::Reset(start)), true),
+                StreamStart::After(after) => (after, None, false),
             };
             return Ok(EventStream {
                 streams: self.clone(),
                 user,
                 key,
                 live: receiver,
-                catch_up,
-                start,
-                pending,
+                cursor,
+                catch_up: Some(snapshot),
+                reset,
+                ending: false,
+                pending: pending.into_iter().collect(),
             });
         }
     }
@@ -229,12 +243,12 @@ impl EventStreams {
         streams.open -= closed;
     }
 
-    /// Hands events read from `from` to their customers' streams and moves the horizon to
+    /// Hands events read since `from` to their customers' streams and moves the next read to
     /// `end`; a stream whose buffer is full is ended.
-    fn dispatch(&self, from: Horizon, events: Vec<Event>, end: Horizon) {
+    fn dispatch(&self, from: &Snapshot, events: Vec<Event>, end: Snapshot) {
         let mut streams = self.lock();
-        if streams.horizon != Some(from) {
-            // Every stream closed and others opened meanwhile, from a later horizon: this
+        if streams.snapshot.as_ref() != Some(from) {
+            // Every stream closed and others opened meanwhile, from a later snapshot: this
             // read is theirs to do again.
             return;
         }
@@ -244,7 +258,14 @@ impl EventStreams {
                 continue;
             };
             let before = theirs.len();
-            theirs.retain(|s| s.events.try_send(event.clone()).is_ok());
+            theirs.retain(|s| {
+                s.events
+                    .try_send(Live {
+                        event: event.clone(),
+                        xmin: end.xmin,
+                    })
+                    .is_ok()
+            });
             ended += before - theirs.len();
             if theirs.is_empty() {
                 streams.by_customer.remove(&event.user);
@@ -254,7 +275,7 @@ impl EventStreams {
         if ended > 0 {
             tracing::debug!(ended, "event streams too slow to keep up were ended");
         }
-        streams.horizon = Some(end);
+        streams.snapshot = Some(end);
     }
 
     /// Feeds the streams until `stop` is cancelled, then ends every stream: reads the log when
@@ -271,13 +292,13 @@ impl EventStreams {
             let from = {
                 let mut streams = self.lock();
                 if streams.open == 0 {
-                    streams.horizon = None;
+                    streams.snapshot = None;
                 }
-                streams.horizon
+                streams.snapshot.clone()
             };
             let Some(from) = from else { continue };
-            match self.log.read(from).await {
-                Ok((events, end)) => self.dispatch(from, events, end),
+            match self.log.read(&from).await {
+                Ok((events, end)) => self.dispatch(&from, events, end),
                 // Read again at the next wake or poll; the outage is reported by the pool.
                 Err(error) => tracing::debug!(%error, "could not read the event log"),
             }
@@ -325,11 +346,16 @@ pub struct EventStream {
     streams: Arc<EventStreams>,
     user: UserId,
     key: u64,
-    live: mpsc::Receiver<Event>,
-    /// What remains to be read from the log: after this position, before this horizon.
-    catch_up: Option<(EventPosition, Horizon)>,
-    /// Where the live events begin.
-    start: EventPosition,
+    live: mpsc::Receiver<Live>,
+    /// What the stream delivered.
+    cursor: Cursor,
+    /// What remains to be read from the log: what the cursor does not cover of the
+    /// transactions that had ended here, where the live reads began.
+    catch_up: Option<Snapshot>,
+    /// Whether the stream sent `reset`.
+    reset: bool,
+    /// Whether the stream ends once `pending` is sent.
+    ending: bool,
     pending: VecDeque<StreamItem>,
 }
 
@@ -337,7 +363,7 @@ impl std::fmt::Debug for EventStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventStream")
             .field("user", &self.user)
-            .field("start", &self.start)
+            .field("cursor", &self.cursor)
             .finish_non_exhaustive()
     }
 }
@@ -362,34 +388,67 @@ impl EventStream {
             if let Some(item) = self.pending.pop_front() {
                 return Ok(Some(item));
             }
-            let Some((after, until)) = self.catch_up else {
-                break;
-            };
-            let batch = self.streams.config.resume_batch;
-            match self
-                .streams
-                .log
-                .resume(self.user, after, until, batch)
-                .await?
-            {
-                Resumed::Lost => {
-                    self.catch_up = None;
-                    self.pending.push_back(StreamItem::Reset(self.start));
-                }
-                Resumed::Events(events) => {
-                    let full = events.len() >= usize::try_from(batch).unwrap_or(usize::MAX);
-                    self.catch_up = match events.last() {
-                        Some(last) if full => Some((last.position, until)),
-                        _ => None,
-                    };
-                    self.pending
-                        .extend(events.into_iter().map(StreamItem::Event));
-                }
+            if self.ending {
+                return Ok(None);
             }
+            if let Some(until) = &self.catch_up {
+                let batch = self.streams.config.resume_batch;
+                match self
+                    .streams
+                    .log
+                    .resume(self.user, &self.cursor, until, batch)
+                    .await?
+                {
+                    Resumed::Lost if !self.reset => {
+                        self.reset = true;
+                        self.cursor = Cursor::start(until.xmin);
+                        self.pending
+                            .push_back(StreamItem::Reset(self.cursor.clone()));
+                    }
+                    Resumed::Lost => self.catch_up = None,
+                    Resumed::Events(events) => {
+                        let full = events.len() >= usize::try_from(batch).unwrap_or(usize::MAX);
+                        let xmin = until.xmin;
+                        if !full {
+                            self.catch_up = None;
+                        }
+                        for event in events {
+                            if !self.deliver(event, xmin) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            let live = tokio::select! {
+                () = self.streams.stopping.cancelled() => return Ok(None),
+                live = self.live.recv() => live,
+            };
+            let Some(Live { event, xmin }) = live else {
+                return Ok(None);
+            };
+            self.deliver(event, xmin);
         }
-        tokio::select! {
-            () = self.streams.stopping.cancelled() => Ok(None),
-            event = self.live.recv() => Ok(event.map(StreamItem::Event)),
+    }
+
+    /// Queues `event` (read when every transaction before `xmin` had ended) unless it was
+    /// delivered already; `false` when the stream is to end instead, once what is queued is
+    /// sent (its client resumes from there).
+    fn deliver(&mut self, event: Event, xmin: u64) -> bool {
+        match self.cursor.deliver(event.position, xmin) {
+            Ok(true) => {
+                self.pending
+                    .push_back(StreamItem::Event(event, self.cursor.clone()));
+                true
+            }
+            Ok(false) => true,
+            Err(error) => {
+                tracing::debug!(%error, "an event stream was ended");
+                self.ending = true;
+                self.catch_up = None;
+                false
+            }
         }
     }
 }
