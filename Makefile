@@ -76,7 +76,7 @@ abuse-experiment: build
 # GET /api/user/events on release binaries (scripts/events-experiment.py): delivery latency
 # between two instances under upload load, and 10,000 streams open on one instance.
 events-experiment: build
-	scripts/with-postgres.sh python3 scripts/events-experiment.py
+	WITH_POSTGRES_SETTINGS="-c track_commit_timestamp=on" scripts/with-postgres.sh python3 scripts/events-experiment.py
 
 # Planned switchovers of the database's primary under load: a throwaway pg_auto_failover
 # formation (a monitor and two nodes with synchronous replication; scripts/with-auto-failover.sh

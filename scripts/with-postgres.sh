@@ -29,6 +29,8 @@
 #   --remove-keep-dir DIR  delete what --keep-dir DIR kept: DIR and, when DIR is a link to a
 #                          folder of /var/lib/gophermart, that folder (`make clean-db`). Refuses
 #                          while a server runs on it.
+# WITH_POSTGRES_SETTINGS (environment): more server settings for a cluster it starts, as
+# `postgres` takes them (e.g. "-c track_commit_timestamp=on").
 set -euo pipefail
 
 # Where kept clusters go when `postgres` cannot reach the folder asked for.
@@ -303,6 +305,7 @@ if [[ -n "$remove_dir" ]]; then
     # A throwaway cluster: durability is traded for speed. A kept one keeps the defaults.
     settings="$settings -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 fi
+settings="$settings ${WITH_POSTGRES_SETTINGS:-}"
 as_pg "$pg_bin/pg_ctl" -D "$data_dir" -w -t 60 -l "$data_dir/server.log" -o "$settings" start >/dev/null
 
 export DATABASE_URI="postgres://postgres@127.0.0.1:$port/postgres"
