@@ -27,13 +27,17 @@ average, CPU busy over each measured window):
       pg_stat_activity, the transactions holding an xid (events committed after the oldest
       running one are delivered ahead of it: their ids list them).
 2. 10,000 streams on one instance: 2,000 customers x 5 streams (EVENT_STREAMS_PER_CUSTOMER's
-   default), opened by asyncio and kept reading; the instance's RSS before and after, and
+   default), opened by asyncio and kept reading, then closed, EVENTS_ROUNDS times (3); the
+   instance's RSS before, with them open and after closing them in each round (memory that
+   grows round by round is a leak; memory kept but reused is the allocator's), and
    GET /api/user/balance throughput (wrk, bench/wrk/balance.lua, 64 connections, 8 s) without
-   the streams, with them, and without them again.
+   the streams and with them in turn: each run with them against the mean of the runs without
+   on either side, and the median of those ratios.
 
 The 10,000 streams are measured first, on the fresh database (no orders for the accrual worker
 to chase yet), then the delivery latency. Settings (environment): BIN, EVENTS_STREAMS (10000),
 EVENTS_UPLOAD_CONNECTIONS (16 per instance), EVENTS_UPLOAD_SECONDS (20), EVENTS_WRK_SECONDS (8),
+EVENTS_ROUNDS (3),
 EVENTS_READER_PRIORITY (10: the stream reader runs at nice -10 below the caller, so that its own wait
 for a core on the saturated machine does not count as delivery latency; 0 to measure without);
 the service's own (DATABASE_POOL_SIZE, ACCRUAL_CONCURRENCY...) reach every instance started.
@@ -49,6 +53,7 @@ import os
 import re
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +73,7 @@ PER_CUSTOMER = 5
 UPLOAD_CONNECTIONS = int(os.environ.get("EVENTS_UPLOAD_CONNECTIONS", "16"))
 UPLOAD_SECONDS = int(os.environ.get("EVENTS_UPLOAD_SECONDS", "20"))
 WRK_SECONDS = int(os.environ.get("EVENTS_WRK_SECONDS", "8"))
+ROUNDS = int(os.environ.get("EVENTS_ROUNDS", "3"))
 WRK_CONNECTIONS = 64
 LATENCY_CUSTOMERS = 200
 PACED = 100
@@ -348,6 +354,18 @@ def close_streams(streams):
 # 2. 10,000 streams on one instance
 
 
+async def streams_gone(base, seconds=60):
+    """Waits until the instance counts no open stream (it learns that a client went away when a
+    write to it fails: within two heartbeats); how long that took, or None if it did not."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        status, _, body = await asyncio.to_thread(call, "GET", base + "/metrics")
+        if status == 200 and "\ngophermart_event_streams_open 0\n" in body.decode():
+            return time.monotonic() - started
+        await asyncio.sleep(0.5)
+    return None
+
+
 async def many_streams(accrual_base, tmp):
     customers = -(-STREAMS // PER_CUSTOMER)
     instance = Gophermart("S", accrual_base, tmp)
@@ -368,38 +386,39 @@ async def many_streams(accrual_base, tmp):
             return result, window
 
         await wrk(instance.base, "balance.lua", WRK_CONNECTIONS, 2, [tokens_file])  # warm-up
-        without, without_window = await balance_run("without streams")
-        rss_before = rss_kb(instance.process.pid)
+        runs = [("without",) + await balance_run("without streams")]
+        rss = [("before", rss_kb(instance.process.pid))]
         received = collections.Counter()
 
         def on_message(index, received_at, event, ident, data):
             received[event] += 1
 
-        log(f"opening {STREAMS} streams")
-        started = time.monotonic()
         want = [t for t in tokens for _ in range(PER_CUSTOMER)][:STREAMS]
-        streams, failures = await open_streams(instance.port, want, on_message)
-        open_seconds = time.monotonic() - started
-        await asyncio.sleep(2)
-        rss_after = rss_kb(instance.process.pid)
-        idle = Window(pids)
-        await asyncio.sleep(5)
-        idle.end()
-        with_streams, with_window = await balance_run(f"with {len(streams)} streams")
-        still_open = sum(1 for s in streams if not s.task.done())
-        rss_with_load = rss_kb(instance.process.pid)
-        close_streams(streams)
-        streams = []
-        await asyncio.sleep(3)
-        rss_closed = rss_kb(instance.process.pid)
-        again, again_window = await balance_run("without streams again")
+        rounds = []
+        idle = None
+        for round_ in range(1, ROUNDS + 1):
+            log(f"round {round_} of {ROUNDS}: opening {STREAMS} streams")
+            started = time.monotonic()
+            streams, failures = await open_streams(instance.port, want, on_message)
+            open_seconds = time.monotonic() - started
+            await asyncio.sleep(2)
+            rss.append((f"{round_}: open", rss_kb(instance.process.pid)))
+            if idle is None:
+                idle = Window(pids)
+                await asyncio.sleep(5)
+                idle.end()
+            runs.append(("with",) + await balance_run(f"with {len(streams)} streams"))
+            still_open = sum(1 for s in streams if not s.task.done())
+            close_streams(streams)
+            streams = []
+            gone = await streams_gone(instance.base)
+            rss.append((f"{round_}: closed", rss_kb(instance.process.pid)))
+            runs.append(("without",) + await balance_run("without streams"))
+            rounds.append({"opened": still_open, "failures": failures, "open_seconds": open_seconds,
+                           "gone_seconds": gone})
         return {
-            "customers": customers, "opened": still_open, "asked": len(want), "failures": failures,
-            "open_seconds": open_seconds, "rss_before": rss_before, "rss_after": rss_after,
-            "rss_with_load": rss_with_load, "rss_closed": rss_closed, "idle": idle,
-            "runs": [("without", without, without_window), ("with", with_streams, with_window),
-                     ("without again", again, again_window)],
-            "messages": dict(received), "warnings": instance.warnings(),
+            "customers": customers, "asked": len(want), "rounds": rounds, "rss": rss, "idle": idle,
+            "runs": runs, "messages": dict(received), "warnings": instance.warnings(),
         }
     finally:
         close_streams(streams)
@@ -407,27 +426,34 @@ async def many_streams(accrual_base, tmp):
 
 
 def print_many(r):
-    print(f"\n2. {r['asked']:,} streams on one instance ({r['customers']:,} customers x {PER_CUSTOMER})")
-    print(f"   opened and open through the 'with' run: {r['opened']:,} of {r['asked']:,} "
-          f"(in {r['open_seconds']:.1f} s)")
-    if r["failures"]:
-        print(f"   refused or failed: {dict(r['failures'])}")
-    opened = max(1, r["opened"])
-    print(f"   RSS: {r['rss_before'] / 1024:.1f} MiB before, {r['rss_after'] / 1024:.1f} MiB with the streams "
-          f"open = {(r['rss_after'] - r['rss_before']) / opened:.1f} KiB per stream; "
-          f"{r['rss_with_load'] / 1024:.1f} MiB after the 'with' run, {r['rss_closed'] / 1024:.1f} MiB 3 s after "
-          f"closing them")
+    print(f"\n2. {r['asked']:,} streams on one instance ({r['customers']:,} customers x {PER_CUSTOMER}), "
+          f"opened and closed {len(r['rounds'])} times")
+    for n, round_ in enumerate(r["rounds"], 1):
+        failed = f"; refused or failed: {dict(round_['failures'])}" if round_["failures"] else ""
+        gone = round_["gone_seconds"]
+        gone = "still counted after 60 s" if gone is None else f"counted no more {gone:.1f} s after they closed"
+        print(f"   round {n}: opened and open through the 'with' run: {round_['opened']:,} of {r['asked']:,} "
+              f"(in {round_['open_seconds']:.1f} s){failed}; {gone}")
+    rss = dict(r["rss"])
+    opened = max(1, r["rounds"][0]["opened"])
+    print(f"   RSS: {rss['before'] / 1024:.1f} MiB before, {rss['1: open'] / 1024:.1f} MiB with the streams open "
+          f"= {(rss['1: open'] - rss['before']) / opened:.1f} KiB per stream; by round, open / once counted closed: "
+          + ", ".join(f"{rss[f'{n}: open'] / 1024:.1f} / {rss[f'{n}: closed'] / 1024:.1f}"
+                      for n in range(1, len(r["rounds"]) + 1)) + " MiB")
     idle = r["idle"]
     print(f"   idle with the streams open (5 s): gophermart {idle.proc_cpu['gophermart'] / idle.seconds:.3f} cores; "
           f"{idle.text()}")
-    print(f"   GET /api/user/balance, wrk {WRK_CONNECTIONS} connections, {WRK_SECONDS} s (bench/wrk/balance.lua):")
+    print(f"   GET /api/user/balance, wrk {WRK_CONNECTIONS} connections, {WRK_SECONDS} s (bench/wrk/balance.lua), "
+          f"without and with the streams in turn:")
     for label, result, window in r["runs"]:
         lat = result["latency_us"]
         errors = sum(result["errors"].values())
-        print(f"     {label:14} {result['rps']:9.0f} req/s  p50 {lat['p50'] / 1000:.2f} ms  p99 "
+        print(f"     {label:8} {result['rps']:9.0f} req/s  p50 {lat['p50'] / 1000:.2f} ms  p99 "
               f"{lat['p99'] / 1000:.2f} ms  errors {errors}   [{window.text()}]")
-    base = (r["runs"][0][1]["rps"] + r["runs"][2][1]["rps"]) / 2
-    print(f"   with / without (mean of both without runs): {r['runs'][1][1]['rps'] / base:.3f}")
+    rps = [result["rps"] for _, result, _ in r["runs"]]
+    ratios = [rps[i] / ((rps[i - 1] + rps[i + 1]) / 2) for i in range(1, len(rps) - 1, 2)]
+    print(f"   each 'with' run / the mean of the runs without on either side: "
+          f"{', '.join(f'{x:.3f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
     print(f"   messages received on the streams: {r['messages']}")
     if r["warnings"]:
         print(f"   gophermart warnings: {len(r['warnings'])}, e.g. {r['warnings'][:3]}")

@@ -333,6 +333,18 @@ async fn streams_past_the_customers_limit_answer_429() {
     // Another customer is not affected.
     let other = app.signed_up("neighbour").await;
     let (_theirs, _) = ready(&app.address, &other).await;
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "gophermart_event_streams_open 3"),
+        "the open streams are counted: {metrics}"
+    );
 
     // The server learns that a client went away when a write to it fails: the second
     // heartbeat (10 s each) after it left at the latest.

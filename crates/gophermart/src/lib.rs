@@ -229,6 +229,7 @@ impl Application {
             Arc::new(SystemClock),
             worker.stats(),
             worker.gate(),
+            events.clone(),
             metrics.registry(),
             operations::Modes {
                 statements,

@@ -8,6 +8,7 @@ use adapters_http::{DatabaseModes, ServiceStatus};
 use adapters_postgres::{pending_migrations, PgStore, StatementMode};
 use application::{
     ports::clock::Clock,
+    use_cases::EventStreams,
     worker::{AnswerKind, RateGate, WorkerStats},
 };
 use async_trait::async_trait;
@@ -64,6 +65,8 @@ pub struct PgServiceStatus {
     paused: IntGauge,
     paced: IntGauge,
     oldest_due: Gauge,
+    events: Arc<EventStreams>,
+    event_streams: IntGauge,
 }
 
 impl std::fmt::Debug for PgServiceStatus {
@@ -93,6 +96,7 @@ impl PgServiceStatus {
         clock: Arc<dyn Clock>,
         stats: Arc<WorkerStats>,
         gate: Arc<RateGate>,
+        events: Arc<EventStreams>,
         registry: &Registry,
         modes: Modes,
     ) -> prometheus::Result<Self> {
@@ -159,6 +163,11 @@ impl PgServiceStatus {
                     "How long the longest-waiting claimable queue entry has been due (all instances); 0 when none is.",
                 )?,
             )?,
+            event_streams: gauge(
+                "event_streams_open",
+                "Event streams (GET /api/user/events) open on this instance now; a client that went away counts until a write to it fails (within two heartbeats).",
+            )?,
+            events,
             store,
             clock,
             gate: gate.clone(),
@@ -273,6 +282,8 @@ impl ServiceStatus for PgServiceStatus {
         self.gate.sync().await;
         self.paused.set(i64::from(self.gate.is_paused()));
         self.paced.set(i64::from(self.gate.is_paced()));
+        self.event_streams
+            .set(i64::try_from(self.events.open()).unwrap_or(i64::MAX));
         self.refresh_queue().await;
     }
 }
