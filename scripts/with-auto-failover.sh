@@ -6,7 +6,8 @@
 # pg_autoctl is found on PATH, and installed from Debian's `postgresql-15-auto-failover`
 # package first when missing and this runs as root. Everything runs as the `postgres` user
 # (PostgreSQL and pg_autoctl refuse root) in one folder made for it in /tmp, which also holds
-# pg_autoctl's configuration and state (XDG_CONFIG_HOME, XDG_DATA_HOME): when the command
+# pg_autoctl's configuration, state and pid files (XDG_CONFIG_HOME, XDG_DATA_HOME,
+# XDG_RUNTIME_DIR, which otherwise puts them in /tmp/pg_autoctl for good): when the command
 # ends, however it ends, the three services are stopped and the folder is removed.
 #
 # The command sees:
@@ -58,7 +59,9 @@ if [[ "$(id -u)" == 0 ]]; then
 fi
 # Always /tmp, never a caller's private TMPDIR: the `postgres` user must reach it.
 dir="$(mktemp -d -p /tmp gophermart-autofailover.XXXXXX)"
-[[ "$(id -u)" == 0 ]] && chown postgres "$dir"
+# pg_autoctl takes XDG_RUNTIME_DIR only when the folder exists.
+mkdir "$dir/run"
+[[ "$(id -u)" == 0 ]] && chown postgres "$dir" "$dir/run"
 chmod 700 "$dir"
 
 free_port() {
@@ -76,9 +79,9 @@ cat >"$ctl" <<EOF
 set -euo pipefail
 as_pg() {
     if [[ "\$(id -u)" == 0 ]]; then
-        runuser -u postgres -- env XDG_CONFIG_HOME="$dir/config" XDG_DATA_HOME="$dir/data" PATH="$pg_bin:\$PATH" "\$@"
+        runuser -u postgres -- env XDG_CONFIG_HOME="$dir/config" XDG_DATA_HOME="$dir/data" XDG_RUNTIME_DIR="$dir/run" PATH="$pg_bin:\$PATH" "\$@"
     else
-        env XDG_CONFIG_HOME="$dir/config" XDG_DATA_HOME="$dir/data" PATH="$pg_bin:\$PATH" "\$@"
+        env XDG_CONFIG_HOME="$dir/config" XDG_DATA_HOME="$dir/data" XDG_RUNTIME_DIR="$dir/run" PATH="$pg_bin:\$PATH" "\$@"
     fi
 }
 case "\${1:-}" in
