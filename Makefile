@@ -16,7 +16,7 @@ help:
 	@echo "make abuse-experiment - brute force, a proxy's clients and a hoarding customer against three instances (release build)"
 	@echo "make events-experiment - event stream latency across two instances, and 10,000 open streams on one (release build)"
 	@echo "make switchover-experiment - planned switchovers under pg_auto_failover while customers write (release build)"
-	@echo "make failover-test - crash, rejoin, switchover and silent primary under pg_auto_failover while customers write (debug build; not yet part of make test, see docs/reliability.md)"
+	@echo "make failover-test - crash, rejoin, switchover and silent primary under pg_auto_failover while customers write (debug build; part of make test)"
 
 build:
 	$(CARGO) build --release --bins
@@ -46,7 +46,7 @@ lint:
 unit-tests:
 	scripts/with-postgres.sh $(CARGO) test --workspace --no-fail-fast
 
-test: check-tools fmt-check lint unit-tests pooled-tests test-browser-tmp fuzz-short
+test: check-tools fmt-check lint unit-tests pooled-tests test-browser-tmp fuzz-short failover-test
 
 # The end-to-end tests again through PgBouncer in transaction pooling mode (four server
 # connections per database, fewer than the instances' clients), with unnamed statements:
