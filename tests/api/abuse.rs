@@ -7,7 +7,7 @@ use std::time::Duration;
 use api_tests::{order_number, spawn_accrual, spawn_app_with, spawn_instance, Options, TestApp};
 use serde_json::json;
 
-use crate::support::{assert_problem, header_text};
+use crate::support::{assert_problem, header_text, scrape};
 
 const TRUSTED: [&str; 2] = ["--trusted-proxies", "127.0.0.0/8"];
 
@@ -287,15 +287,7 @@ async fn a_customer_over_the_request_limit_is_refused_with_the_ratelimit_fields(
     );
     assert_problem(refused, 429).await;
     assert_eq!(app.get("/api/user/balance", &other).await.status(), 200);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = scrape(&app).await;
     assert!(
         metrics.contains(r#"gophermart_refusals_total{limit="request_limit"} 1"#),
         "{metrics}"

@@ -7,7 +7,7 @@ use eventsource_stream::{Event, Eventsource};
 use futures::{stream::BoxStream, StreamExt};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, funded_100, header_text};
+use crate::support::{assert_problem, funded_100, header_text, sample, scrape};
 
 /// An open stream of events.
 struct Stream {
@@ -333,17 +333,10 @@ async fn streams_past_the_customers_limit_answer_429() {
     // Another customer is not affected.
     let other = app.signed_up("neighbour").await;
     let (_theirs, _) = ready(&app.address, &other).await;
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics
-            .lines()
-            .any(|line| line == "gophermart_event_streams_open 3"),
-        "the open streams are counted: {metrics}"
+    assert_eq!(
+        sample(&scrape(&app).await, "gophermart_event_streams_open"),
+        Some(3.0),
+        "the open streams are counted"
     );
 
     // The server learns that a client went away when a write to it fails: the second

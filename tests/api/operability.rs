@@ -4,36 +4,12 @@
 use std::time::Duration;
 
 use adapters_postgres::testing::TestDatabase;
-use api_tests::{order_number, spawn_accrual, spawn_app, spawn_app_with, Options, TestApp};
+use api_tests::{order_number, spawn_accrual, spawn_app, spawn_app_with, Options};
 use clap::Parser;
 use gophermart::{Application, Config};
 use serde_json::{json, Value};
 
-/// The value of the sample `series` (name and labels exactly as exposed) in a scrape.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn scrape(app: &TestApp) -> String {
-    let response = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .expect("text")
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    response.text().await.expect("text")
-}
+use crate::support::{sample, scrape};
 
 fn requests(method: &str, route: &str, status: u16) -> String {
     format!(

@@ -224,3 +224,30 @@ pub fn rfc3339(value: &Value) -> chrono::DateTime<chrono::FixedOffset> {
     let text = value.as_str().expect("a timestamp string");
     chrono::DateTime::parse_from_rfc3339(text).expect("an RFC 3339 timestamp")
 }
+
+/// The value of the sample `series` (name and labels exactly as exposed) in a scrape.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/metrics` of `app`, checked to be Prometheus text.
+pub async fn scrape(app: &TestApp) -> String {
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    response.text().await.expect("text")
+}
