@@ -61,7 +61,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ left in scripts/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from experiments import call, end_with_parent, free_port, luhn, start_accrual  # noqa: E402
+from experiments import call, end_with_parent, free_port, luhn, psql, start_accrual  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(os.environ.get("BIN", os.path.join(ROOT, "target", "release")))
@@ -554,13 +554,12 @@ def stored_orders(logins, prefixes):
     (the events' too) is whole seconds; the commit time when the server keeps them
     (track_commit_timestamp, which `make events-experiment` turns on)."""
     index = {login: c for c, login in enumerate(logins)}
-    kept = call_psql("SHOW track_commit_timestamp").strip() == "on"
+    kept = psql(DB, "SHOW track_commit_timestamp") == ["on"]
     committed = ("extract(epoch FROM pg_xact_commit_timestamp((e.tx::text::int8 % 4294967296)::text::xid))::float8"
                  if kept else "NULL")
-    rows = call_psql(
-        f"SELECT o.number, u.login, extract(epoch FROM o.uploaded_at)::float8, coalesce({committed}::text, '-') "
-        "FROM orders o JOIN users u ON u.id = o.user_id "
-        "LEFT JOIN events e ON e.order_number = o.number AND e.status = 'NEW'").split()
+    rows = psql(DB, f"SELECT o.number, u.login, extract(epoch FROM o.uploaded_at)::float8, "
+                    f"coalesce({committed}::text, '-') FROM orders o JOIN users u ON u.id = o.user_id "
+                    "LEFT JOIN events e ON e.order_number = o.number AND e.status = 'NEW'")
     stored = {}
     for row in rows:
         number, login, uploaded_at, committed_at = row.split("|")
@@ -568,11 +567,6 @@ def stored_orders(logins, prefixes):
             stored[number] = (index[login], prefixes[number[:2]], float(uploaded_at),
                               None if committed_at == "-" else float(committed_at))
     return stored
-
-
-def call_psql(sql):
-    return subprocess.run(["psql", DB, "-XtA", "-F", "|", "-c", sql], check=True, capture_output=True,
-                          text=True).stdout
 
 
 async def sample_transactions(samples, stop):
