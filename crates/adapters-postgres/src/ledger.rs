@@ -25,6 +25,7 @@ use rust_decimal::Decimal;
 use crate::{
     error::{from_diesel, is_unique_violation},
     models::{money, WithdrawalRow},
+    numeric::PgDecimal,
     prepared::prepared_statement,
     schema::{accounts, withdrawals},
     PgStore,
@@ -59,7 +60,7 @@ struct WithdrawalId {
 impl LedgerRepository for PgStore {
     async fn balance(&self, user: UserId) -> Result<Balance, RepositoryError> {
         let mut conn = self.conn().await?;
-        let row: Option<(Decimal, Decimal)> = accounts::table
+        let row: Option<(PgDecimal, PgDecimal)> = accounts::table
             .find(user.0)
             .select((accounts::balance, accounts::withdrawn))
             .first(&mut conn)
@@ -67,7 +68,7 @@ impl LedgerRepository for PgStore {
             .optional()
             .map_err(from_diesel)?;
         match row {
-            Some((current, withdrawn)) => Ok(Balance {
+            Some((PgDecimal(current), PgDecimal(withdrawn))) => Ok(Balance {
                 current: money(current)?,
                 withdrawn: money(withdrawn)?,
             }),

@@ -15,6 +15,7 @@ mod ledger;
 mod listener;
 mod migrations;
 mod models;
+mod numeric;
 mod orders;
 mod pool;
 mod prepared;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use domain::{Money, Order, OrderNumber, OrderStatus, Withdrawal};
 use rust_decimal::Decimal;
 
-use crate::error::corrupt;
+use crate::{error::corrupt, numeric::PgDecimal};
 use application::RepositoryError;
 
 /// `order_status` in PostgreSQL.
@@ -46,7 +46,7 @@ pub enum DbQueueStatus {
 pub struct OrderRow {
     pub number: String,
     pub status: DbOrderStatus,
-    pub accrual: Option<Decimal>,
+    pub accrual: Option<PgDecimal>,
     pub uploaded_at: DateTime<Utc>,
 }
 
@@ -55,9 +55,12 @@ impl TryFrom<OrderRow> for Order {
 
     fn try_from(row: OrderRow) -> Result<Self, Self::Error> {
         Ok(Self {
-            number: order_number(&row.number)?,
+            number: owned_order_number(row.number)?,
             status: row.status.into(),
-            accrual: row.accrual.map(money).transpose()?,
+            accrual: row
+                .accrual
+                .map(|PgDecimal(accrual)| money(accrual))
+                .transpose()?,
             uploaded_at: row.uploaded_at,
         })
     }
@@ -67,7 +70,7 @@ impl TryFrom<OrderRow> for Order {
 #[derive(Debug, diesel::Queryable)]
 pub struct WithdrawalRow {
     pub order_number: String,
-    pub sum: Decimal,
+    pub sum: PgDecimal,
     pub processed_at: DateTime<Utc>,
 }
 
@@ -76,8 +79,8 @@ impl TryFrom<WithdrawalRow> for Withdrawal {
 
     fn try_from(row: WithdrawalRow) -> Result<Self, Self::Error> {
         Ok(Self {
-            order: order_number(&row.order_number)?,
-            sum: money(row.sum)?,
+            order: owned_order_number(row.order_number)?,
+            sum: money(row.sum.0)?,
             processed_at: row.processed_at,
         })
     }
@@ -87,6 +90,12 @@ impl TryFrom<WithdrawalRow> for Withdrawal {
 /// the way in.
 pub fn order_number(stored: &str) -> Result<OrderNumber, RepositoryError> {
     OrderNumber::parse(stored).map_err(|e| corrupt(format!("stored order number {stored:?}: {e}")))
+}
+
+/// A stored order number read into its own string, as [`order_number`] checks it.
+pub fn owned_order_number(stored: String) -> Result<OrderNumber, RepositoryError> {
+    OrderNumber::parse_owned(stored)
+        .map_err(|(e, stored)| corrupt(format!("stored order number {stored:?}: {e}")))
 }
 
 /// A stored amount.

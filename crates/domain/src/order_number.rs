@@ -30,6 +30,22 @@ impl OrderNumber {
     /// # Errors
     /// Returns the first rule the input breaks.
     pub fn parse(input: &str) -> Result<Self, OrderNumberError> {
+        Self::check(input)?;
+        Ok(Self(input.to_owned()))
+    }
+
+    /// As [`OrderNumber::parse`], keeping the string it is given.
+    ///
+    /// # Errors
+    /// Returns the first rule the input breaks, and the input.
+    pub fn parse_owned(input: String) -> Result<Self, (OrderNumberError, String)> {
+        match Self::check(&input) {
+            Ok(()) => Ok(Self(input)),
+            Err(e) => Err((e, input)),
+        }
+    }
+
+    fn check(input: &str) -> Result<(), OrderNumberError> {
         if input.is_empty() {
             return Err(OrderNumberError::Empty);
         }
@@ -42,7 +58,7 @@ impl OrderNumber {
         if !luhn_valid(input.as_bytes()) {
             return Err(OrderNumberError::BadChecksum);
         }
-        Ok(Self(input.to_owned()))
+        Ok(())
     }
 
     /// The number as its digits.
@@ -55,6 +71,12 @@ impl OrderNumber {
 impl fmt::Display for OrderNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl From<OrderNumber> for String {
+    fn from(number: OrderNumber) -> Self {
+        number.0
     }
 }
 
@@ -173,6 +195,21 @@ mod tests {
         fn parse_never_panics_and_round_trips(input in "\\PC{0,80}") {
             if let Ok(n) = OrderNumber::parse(&input) {
                 prop_assert_eq!(n.as_str(), input.as_str());
+            }
+        }
+
+        #[test]
+        fn parse_owned_decides_as_parse_and_gives_the_input_back(input in "[0-9]{0,40}|\\PC{0,20}") {
+            let borrowed = OrderNumber::parse(&input);
+            match OrderNumber::parse_owned(input.clone()) {
+                Ok(n) => {
+                    prop_assert_eq!(String::from(n), input.clone());
+                    prop_assert!(borrowed.is_ok());
+                }
+                Err((e, back)) => {
+                    prop_assert_eq!(back, input);
+                    prop_assert_eq!(borrowed, Err(e));
+                }
             }
         }
     }
