@@ -57,19 +57,35 @@ pub(crate) fn retry_after_seconds(wait: std::time::Duration) -> u64 {
 
 /// Sets the `RateLimit` and `RateLimit-Policy` fields of an answer.
 pub(crate) fn insert_fields(headers: &mut HeaderMap, allowance: &Allowance) {
-    let policy = format!(
-        "\"{POLICY}\";q={};w={}",
-        allowance.quota, allowance.window_seconds
+    let policy = item(
+        ("q", u64::from(allowance.quota)),
+        ("w", allowance.window_seconds),
     );
-    let state = format!(
-        "\"{POLICY}\";r={};t={}",
-        allowance.remaining, allowance.reset_seconds
+    let state = item(
+        ("r", u64::from(allowance.remaining)),
+        ("t", allowance.reset_seconds),
     );
     for (name, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, state)] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Ok(value) = HeaderValue::from_bytes(&value) {
             headers.insert(name, value);
         }
     }
+}
+
+/// `"customer";<key>=<value>;<key>=<value>`, written without the formatting machinery: these
+/// fields go on every answer to a customer.
+fn item(first: (&str, u64), second: (&str, u64)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    out.push(b'"');
+    out.extend_from_slice(POLICY.as_bytes());
+    out.push(b'"');
+    for (key, value) in [first, second] {
+        out.push(b';');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+    out
 }
 
 /// The middleware, for `App::wrap_fn`: an answer to a request that the customer's limit

@@ -208,7 +208,7 @@ pub struct WithdrawalItem {
 impl From<Withdrawal> for WithdrawalItem {
     fn from(withdrawal: Withdrawal) -> Self {
         Self {
-            order: withdrawal.order.to_string(),
+            order: withdrawal.order.into(),
             sum: withdrawal.sum,
             processed_at: withdrawal.processed_at,
         }

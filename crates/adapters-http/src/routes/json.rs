@@ -38,12 +38,43 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonObject<T> {
     }
 }
 
+/// Amounts with fewer hundredths than this (below 10¹³ points) have at most 15 significant
+/// digits, which a binary64 float holds exactly enough to give them back (`f64::DIGITS`).
+const HUNDREDTHS_WRITTEN_AS_FLOAT: i128 = 1_000_000_000_000_000;
+
 /// Writes money as a JSON number with no superfluous zeros: `500.5`, `42`, `729.98`.
+///
+/// Whole amounts are written as integers. An amount with a fraction and at most 15
+/// significant digits is written through `f64`, without a text round trip: its hundredths are
+/// exact in an `f64` (below 2⁵³), the division by 100 rounds correctly to the float nearest
+/// the amount, and serde_json writes a float as the shortest digits that read back as it
+/// (ryu). The amount's own digits are such a string, and no other string of at most 15
+/// significant digits reads as the same float, so the digits written are the amount's. Larger
+/// amounts go through their exact text.
 ///
 /// # Errors
 /// As the serializer's.
 pub fn money<S: Serializer>(value: &Money, serializer: S) -> Result<S::Ok, S::Error> {
-    rust_decimal::serde::arbitrary_precision::serialize(&value.amount().normalize(), serializer)
+    let amount = value.amount();
+    let hundredths = match amount.scale() {
+        0 => amount.mantissa().checked_mul(100),
+        1 => amount.mantissa().checked_mul(10),
+        2 => Some(amount.mantissa()),
+        _ => None,
+    };
+    match hundredths {
+        Some(hundredths) if hundredths % 100 == 0 => {
+            if let Ok(whole) = u64::try_from(hundredths / 100) {
+                return serializer.serialize_u64(whole);
+            }
+        }
+        Some(hundredths) if (0..HUNDREDTHS_WRITTEN_AS_FLOAT).contains(&hundredths) => {
+            #[allow(clippy::cast_precision_loss)] // exact: below 2^53
+            return serializer.serialize_f64(hundredths as f64 / 100.0);
+        }
+        _ => {}
+    }
+    rust_decimal::serde::arbitrary_precision::serialize(&amount.normalize(), serializer)
 }
 
 /// Writes optional money; pair with `skip_serializing_if = "Option::is_none"`.
@@ -118,6 +149,42 @@ mod tests {
             r#"{"value":999999999999999999.99}"#
         );
         assert_eq!(json(dec!(0)), r#"{"value":0}"#);
+    }
+
+    /// Every amount is written as its exact text would be, whichever way it is written.
+    #[test]
+    fn money_is_written_as_its_exact_text() {
+        fn exact(value: Decimal) -> String {
+            format!(r#"{{"value":{}}}"#, value.normalize())
+        }
+        let boundary = Decimal::from_i128_with_scale(HUNDREDTHS_WRITTEN_AS_FLOAT, 2);
+        let around = [-2i128, -1, 0, 1, 2]
+            .into_iter()
+            .map(|step| boundary + Decimal::from_i128_with_scale(step, 2));
+        let chosen = [
+            dec!(0.01),
+            dec!(0.1),
+            dec!(0.99),
+            dec!(1.01),
+            dec!(9999999999999.99),
+            dec!(9999999999999.9),
+            dec!(1234567890123.45),
+            dec!(4503599627370.49),
+            dec!(999999999999999999.99),
+            dec!(100000000000000000),
+            Decimal::ZERO,
+        ];
+        for value in chosen.into_iter().chain(around) {
+            assert_eq!(json(value), exact(value), "{value}");
+        }
+        proptest::proptest!(|(hundredths in 0i128..100_000_000_000_000_000_000)| {
+            let value = Decimal::from_i128_with_scale(hundredths, 2);
+            proptest::prop_assert_eq!(json(value), exact(value));
+        });
+        proptest::proptest!(|(hundredths in 0i128..2 * HUNDREDTHS_WRITTEN_AS_FLOAT)| {
+            let value = Decimal::from_i128_with_scale(hundredths, 2);
+            proptest::prop_assert_eq!(json(value), exact(value));
+        });
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl From<domain::OrderStatus> for OrderStatus {
 impl From<Order> for OrderItem {
     fn from(order: Order) -> Self {
         Self {
-            number: order.number.to_string(),
+            number: order.number.into(),
             status: order.status.into(),
             accrual: order.accrual,
             uploaded_at: order.uploaded_at,
