@@ -127,6 +127,31 @@ async fn secrets_passwords_and_tokens_never_appear_in_the_logs() {
     // Not even a token's signature, which would let a reader replay part of it.
     let signature = token.rsplit('.').next().expect("signature");
     assert!(!logs.contains(signature));
+
+    // Every line logged while answering an authenticated request names the customer in the
+    // request's own span, beside its id and route.
+    let routes = ["/api/user/balance", "/api/user/orders"];
+    let mut seen = 0;
+    for line in logs.lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(request) = event["spans"].get(0) else {
+            continue;
+        };
+        if !routes.contains(&request["http.route"].as_str().unwrap_or_default()) {
+            continue;
+        }
+        seen += 1;
+        assert!(
+            request["user_id"].is_u64() && request["request_id"].is_string(),
+            "a line logged within an authenticated request lacks its customer: {line}"
+        );
+    }
+    assert!(
+        seen > 0,
+        "nothing was logged within the authenticated requests"
+    );
 }
 
 fn tempfile_path(prefix: &str) -> std::path::PathBuf {

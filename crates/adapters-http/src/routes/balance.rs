@@ -66,7 +66,6 @@ impl From<domain::Balance> for BalanceBody {
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
-#[tracing::instrument(name = "balance", skip_all, fields(user_id = %user.0))]
 pub async fn balance(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
@@ -169,7 +168,6 @@ impl ResponseError for WithdrawHandlerError {
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
-#[tracing::instrument(name = "withdraw", skip_all, fields(user_id = %user.0))]
 pub async fn withdraw(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
@@ -248,7 +246,6 @@ impl From<Withdrawal> for WithdrawalItem {
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
-#[tracing::instrument(name = "list_withdrawals", skip_all, fields(user_id = %user.0))]
 pub async fn withdrawals(
     state: web::Data<AppState>,
     user: AuthenticatedUser,

@@ -129,7 +129,6 @@ fn order_number(req: &HttpRequest, body: &[u8]) -> Result<OrderNumber, UploadHan
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
-#[tracing::instrument(name = "upload_order", skip_all, fields(user_id = %user.0))]
 pub async fn upload(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
@@ -294,7 +293,6 @@ impl ResponseError for ReadError {
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
-#[tracing::instrument(name = "list_orders", skip_all, fields(user_id = %user.0))]
 pub async fn list(
     state: web::Data<AppState>,
     user: AuthenticatedUser,
