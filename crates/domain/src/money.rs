@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 const MAX_INTEGER_DIGITS: u32 = 18;
 
 /// An exact, non-negative amount with at most two decimal places that fits `NUMERIC(20, 2)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Money(Decimal);
 
 /// Why a decimal is not an amount of money.
@@ -24,8 +24,8 @@ pub enum MoneyError {
 }
 
 impl Money {
-    /// Zero points.
-    pub const ZERO: Self = Self(Decimal::ZERO);
+    /// Zero points (`0.00`, with the scale of every amount).
+    pub const ZERO: Self = Self(Decimal::from_parts(0, 0, 0, false, 2));
 
     /// Accepts a decimal that is non-negative, has at most two significant decimal places and
     /// fits `NUMERIC(20, 2)`. Trailing zeros do not count as places: `1.500` is `1.50`.
@@ -94,11 +94,25 @@ impl TryFrom<Decimal> for Money {
     }
 }
 
+impl Default for Money {
+    fn default() -> Self {
+        Self::ZERO
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use rust_decimal_macros::dec;
+
+    #[test]
+    fn zero_has_the_scale_of_every_amount() {
+        assert_eq!(Money::ZERO.amount().to_string(), "0.00");
+        assert_eq!(Money::default(), Money::ZERO);
+        assert_eq!(Money::default().amount().scale(), 2);
+        assert_eq!(Money::new(Decimal::ZERO), Ok(Money::ZERO));
+    }
 
     #[test]
     fn keeps_two_places_exactly() {

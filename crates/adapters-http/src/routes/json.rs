@@ -55,26 +55,17 @@ const HUNDREDTHS_WRITTEN_AS_FLOAT: i128 = 1_000_000_000_000_000;
 /// # Errors
 /// As the serializer's.
 pub fn money<S: Serializer>(value: &Money, serializer: S) -> Result<S::Ok, S::Error> {
-    let amount = value.amount();
-    let hundredths = match amount.scale() {
-        0 => amount.mantissa().checked_mul(100),
-        1 => amount.mantissa().checked_mul(10),
-        2 => Some(amount.mantissa()),
-        _ => None,
-    };
-    match hundredths {
-        Some(hundredths) if hundredths % 100 == 0 => {
-            if let Ok(whole) = u64::try_from(hundredths / 100) {
-                return serializer.serialize_u64(whole);
-            }
+    // An amount always has scale 2: its mantissa counts hundredths.
+    let hundredths = value.amount().mantissa();
+    if hundredths % 100 == 0 {
+        if let Ok(whole) = u64::try_from(hundredths / 100) {
+            return serializer.serialize_u64(whole);
         }
-        Some(hundredths) if (0..HUNDREDTHS_WRITTEN_AS_FLOAT).contains(&hundredths) => {
-            #[allow(clippy::cast_precision_loss)] // exact: below 2^53
-            return serializer.serialize_f64(hundredths as f64 / 100.0);
-        }
-        _ => {}
+    } else if (0..HUNDREDTHS_WRITTEN_AS_FLOAT).contains(&hundredths) {
+        #[allow(clippy::cast_precision_loss)] // exact: below 2^53
+        return serializer.serialize_f64(hundredths as f64 / 100.0);
     }
-    rust_decimal::serde::arbitrary_precision::serialize(&amount.normalize(), serializer)
+    rust_decimal::serde::arbitrary_precision::serialize(&value.amount().normalize(), serializer)
 }
 
 /// Writes optional money; pair with `skip_serializing_if = "Option::is_none"`.
