@@ -160,7 +160,7 @@ impl EventRow {
             self.balance,
         ) {
             (Some(number), Some(status), Some(uploaded_at), None) => Change::Order(Order {
-                number: order_number(&number)?,
+                number: order_number(number)?,
                 status: status.into(),
                 accrual: self.accrual.map(money).transpose()?,
                 uploaded_at,

@@ -55,7 +55,7 @@ impl TryFrom<OrderRow> for Order {
 
     fn try_from(row: OrderRow) -> Result<Self, Self::Error> {
         Ok(Self {
-            number: owned_order_number(row.number)?,
+            number: order_number(row.number)?,
             status: row.status.into(),
             accrual: row
                 .accrual
@@ -79,21 +79,16 @@ impl TryFrom<WithdrawalRow> for Withdrawal {
 
     fn try_from(row: WithdrawalRow) -> Result<Self, Self::Error> {
         Ok(Self {
-            order: owned_order_number(row.order_number)?,
+            order: order_number(row.order_number)?,
             sum: money(row.sum.0)?,
             processed_at: row.processed_at,
         })
     }
 }
 
-/// A stored order number; the table's CHECK guarantees digits, the checksum was verified on
-/// the way in.
-pub fn order_number(stored: &str) -> Result<OrderNumber, RepositoryError> {
-    OrderNumber::parse(stored).map_err(|e| corrupt(format!("stored order number {stored:?}: {e}")))
-}
-
-/// A stored order number read into its own string, as [`order_number`] checks it.
-pub fn owned_order_number(stored: String) -> Result<OrderNumber, RepositoryError> {
+/// A stored order number, kept in the row's string; the table's CHECK guarantees digits, the
+/// checksum was verified on the way in.
+pub fn order_number(stored: String) -> Result<OrderNumber, RepositoryError> {
     OrderNumber::parse_owned(stored)
         .map_err(|(e, stored)| corrupt(format!("stored order number {stored:?}: {e}")))
 }

@@ -20,12 +20,6 @@ use rust_decimal::Decimal;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromSqlRow)]
 pub struct PgDecimal(pub Decimal);
 
-impl From<PgDecimal> for Decimal {
-    fn from(value: PgDecimal) -> Self {
-        value.0
-    }
-}
-
 impl FromSql<sql_types::Numeric, Pg> for PgDecimal {
     fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
         match exact(value.as_bytes()) {

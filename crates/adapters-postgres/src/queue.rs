@@ -343,14 +343,15 @@ impl AccrualQueue for PgStore {
         // cannot stop the rest of the batch; the schema's checks make this a corrupted row.
         Ok(claimed
             .into_iter()
-            .filter_map(|c| match order_number(&c.order_number) {
+            .filter_map(|c| match order_number(c.order_number) {
                 Ok(order) => Some(QueueEntry {
                     order,
                     attempts: u32::try_from(c.attempts).unwrap_or(0),
                     unknown_checks: u32::try_from(c.unknown_checks).unwrap_or(0),
                 }),
+                // The error names the stored number.
                 Err(error) => {
-                    tracing::error!(order = %c.order_number, %error, "unreadable queue entry skipped");
+                    tracing::error!(%error, "unreadable queue entry skipped");
                     None
                 }
             })

@@ -362,13 +362,9 @@ impl TestDatabase {
     /// # Panics
     /// When the statements fail; this is test code.
     pub async fn begin(&self, sql: &str) -> RunningTransaction {
-        let mut conn = AsyncPgConnection::establish(&self.url)
-            .await
-            .expect("connect");
-        diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, &format!("BEGIN; {sql}"))
-            .await
-            .unwrap_or_else(|error| panic!("{sql}: {error}"));
-        RunningTransaction { conn }
+        RunningTransaction {
+            conn: self.connected_after(&format!("BEGIN; {sql}")).await,
+        }
     }
 
     /// Runs SQL statements on this database, for tests that set up (or break) data on purpose.
@@ -376,12 +372,18 @@ impl TestDatabase {
     /// # Panics
     /// When the statements fail; this is test code.
     pub async fn execute(&self, sql: &str) {
+        self.connected_after(sql).await;
+    }
+
+    /// A new connection to this database, once it has run `sql`.
+    async fn connected_after(&self, sql: &str) -> AsyncPgConnection {
         let mut conn = AsyncPgConnection::establish(&self.url)
             .await
             .expect("connect");
         diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, sql)
             .await
             .unwrap_or_else(|error| panic!("{sql}: {error}"));
+        conn
     }
 }
 
