@@ -207,8 +207,9 @@ fn message(item: StreamItem) -> sse::Event {
         Every message has an `id`. A client that reconnects with the last one it received in \
         `Last-Event-ID` (EventSource does so by itself) gets every event it missed, then the \
         new ones, once each. An event is sent as soon as its change commits; events of \
-        changes committed at nearly the same moment can arrive in either order. A comment is sent after 10 s of silence. When the instance stops, its streams end; \
-        the client reconnects (to another instance).",
+        changes committed at nearly the same moment can arrive in either order. A comment is \
+        sent after 10 s of silence. When the instance stops, its streams end; the client \
+        reconnects (to another instance).",
     params(
         ("Last-Event-ID" = Option<String>, Header, nullable = false,
             description = "The `id` of the last message received, to resume after it. A value \
