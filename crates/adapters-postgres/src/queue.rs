@@ -551,26 +551,57 @@ mod on_a_database {
                  FROM generate_series({first}, {last}) c, generate_series(1, {per_customer}) k;
              INSERT INTO accrual_queue (order_number, user_id)
                  SELECT number, user_id FROM orders WHERE number::bigint >= {from}
-                 ON CONFLICT DO NOTHING;
-             ANALYZE accrual_queue;",
+                 ON CONFLICT DO NOTHING;",
             first = customers.start(),
             last = customers.end(),
         )
     }
 
+    /// Queues as [`queue_sql`] does, then vacuums and analyzes the queue.
+    ///
+    /// The pages a claim reads depend on the queue's state as well as on its plan: a claim
+    /// that locks and updates a row on a page marked all-visible also visits the visibility
+    /// map. So every claim measured runs on a queue just vacuumed, as autovacuum keeps it, and
+    /// autovacuum is off for the queue so that it cannot change that state in between (with
+    /// it on, the same plan read 245, 286 or 469 pages behind 20,040 entries, by when it ran).
+    async fn queue(
+        db: &TestDatabase,
+        customers: std::ops::RangeInclusive<u32>,
+        per_customer: u32,
+        from: u64,
+    ) {
+        TestDatabase::execute(
+            db,
+            "ALTER TABLE accrual_queue SET (autovacuum_enabled = false)",
+        )
+        .await;
+        TestDatabase::execute(db, &queue_sql(customers, per_customer, from)).await;
+        TestDatabase::execute(db, "VACUUM (ANALYZE) accrual_queue").await;
+    }
+
+    /// Orders one customer queues behind twenty customers' two orders each.
+    const BACKLOG: u32 = 100_000;
+
     /// A claim of `limit` entries reads about as many pages once one customer has queued
-    /// 20,000 more orders as behind twenty customers' two orders each.
+    /// [`BACKLOG`] more orders as behind twenty customers' two orders each.
+    ///
+    /// A claim that finds its entries by its indexes reads a few pages per entry it leases, at
+    /// any size of the queue (2.0 and 1.6 times the small queue's pages here, for the due-first
+    /// and the fair claim: the large queue's indexes are a level deeper, and the small queue's
+    /// plan reads its one heap page instead). A plan that scans the queue reads it whole:
+    /// with index scans off, 16 and 770 times.
     async fn assert_a_claim_reads_no_more_behind_a_large_backlog(sql: &str, limit: u32) {
         let db = TestDatabase::create().await;
-        TestDatabase::execute(&db, &queue_sql(1..=20, 2, 1_000_000)).await;
+        queue(&db, 1..=20, 2, 1_000_000).await;
         let small = pages_read_by_a_claim(&db, sql, limit).await;
-        TestDatabase::execute(&db, &queue_sql(1..=1, 20_000, 2_000_000)).await;
+        queue(&db, 1..=1, BACKLOG, 2_000_000).await;
 
         let large = pages_read_by_a_claim(&db, sql, limit).await;
 
         assert!(
-            large <= small * 2,
-            "a claim read {small} pages behind 40 entries and {large} behind 20,040"
+            large <= small * 3,
+            "a claim read {small} pages behind 40 entries and {large} behind {}",
+            BACKLOG + 40
         );
     }
 
