@@ -1,7 +1,7 @@
 //! Operability: the API description and its browsable page, readiness when the database is
 //! gone, and Prometheus metrics that move with the traffic.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use adapters_postgres::testing::TestDatabase;
 use api_tests::{order_number, spawn_accrual, spawn_app, spawn_app_with, Options};
@@ -130,6 +130,17 @@ async fn metrics_count_requests_by_route_pattern_and_the_points_that_move() {
     assert_eq!(app.upload(&token, &credited).await.status(), 202);
     app.wait_final(&token, &credited, Duration::from_secs(20))
         .await;
+    // The worker counts a credit once the commit that made the order PROCESSED has returned
+    // to it, which may be a moment after the order reads PROCESSED.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(
+        &scrape(&app).await,
+        "gophermart_accrual_orders_credited_total",
+    ) != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "the credit was never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let spent = order_number(555_002);
     assert_eq!(app.withdraw(&token, &spent, "700.5").await.status(), 200);
     assert_eq!(

@@ -321,7 +321,9 @@ async fn unknown_order_answers_204_with_an_empty_body() {
 
 #[tokio::test]
 async fn order_goes_from_registered_through_processing_to_processed() {
-    let harness = Harness::with_delay(300).await;
+    // Each state lasts a second: polled every 10 ms, each is seen unless the test stalls
+    // for that long.
+    let harness = Harness::with_delay(1_000).await;
     harness.add_rule("Bork", "10", "%").await;
     harness
         .add_order(
@@ -339,7 +341,8 @@ async fn order_goes_from_registered_through_processing_to_processed() {
 
 #[tokio::test]
 async fn accrual_is_absent_until_the_order_is_processed() {
-    let harness = Harness::with_delay(300).await;
+    // Processed in two minutes, long after the test has asked.
+    let harness = Harness::with_delay(60_000).await;
     harness.add_rule("Bork", "10", "%").await;
     harness
         .add_order(VALID_NUMBER, r#"[{"description": "Bork", "price": 100}]"#)

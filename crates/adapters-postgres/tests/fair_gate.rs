@@ -58,8 +58,10 @@ async fn instances_taking_slots_at_once_never_exceed_the_shared_schedule() {
         let granted = granted.clone();
         instances.push(tokio::spawn(async move {
             while start.elapsed() < run_for {
+                // The slot is granted somewhere between the call and its answer.
+                let asked = start.elapsed();
                 match gate.take_slot(LAPSE).await.expect("slot") {
-                    Slot::Granted => granted.lock().expect("lock").push(start.elapsed()),
+                    Slot::Granted => granted.lock().expect("lock").push((asked, start.elapsed())),
                     Slot::Wait { wait, paused } => {
                         assert!(!paused, "no pause was recorded");
                         tokio::time::sleep(wait).await;
@@ -75,10 +77,19 @@ async fn instances_taking_slots_at_once_never_exceed_the_shared_schedule() {
     let mut times = granted.lock().expect("lock").clone();
     times.sort();
     // One slot per interval for the cluster: in any window, at most window / interval + 1.
+    // Only the slots surely granted within a window count: those asked for and answered in
+    // it (an answer read late, by a task its thread left waiting, says nothing of when the
+    // slot was granted).
     let window = Duration::from_millis(400);
-    for (i, t) in times.iter().enumerate() {
-        let within = times[i..].iter().filter(|u| **u < *t + window).count();
-        assert!(within <= 11, "{within} slots within {window:?} from {t:?}");
+    for (i, (from, _)) in times.iter().enumerate() {
+        let within = times[i..]
+            .iter()
+            .filter(|(_, answered)| *answered < *from + window)
+            .count();
+        assert!(
+            within <= 11,
+            "{within} slots within {window:?} from {from:?}"
+        );
     }
     // And the schedule is used, not starved: about 2 s / 40 ms = 50 slots.
     assert!(times.len() >= 35, "{} slots in {run_for:?}", times.len());
@@ -95,9 +106,10 @@ async fn a_pause_recorded_by_one_instance_holds_every_other() {
         "no limit known yet: granted at once"
     );
 
+    // A pause longer than the test takes, however slowly it runs.
     first
         .record_rate_limit(
-            Duration::from_secs(2),
+            Duration::from_secs(60),
             Some(Duration::from_millis(100)),
             LAPSE,
         )
@@ -107,7 +119,7 @@ async fn a_pause_recorded_by_one_instance_holds_every_other() {
     let seen = second.read(LAPSE).await.expect("read");
     let paused_for = seen.paused_for.expect("paused");
     assert!(
-        paused_for > Duration::from_millis(1500) && paused_for <= Duration::from_secs(2),
+        paused_for > Duration::from_secs(50) && paused_for <= Duration::from_secs(60),
         "{paused_for:?}"
     );
     assert_eq!(seen.interval, Some(Duration::from_millis(100)));
@@ -115,7 +127,7 @@ async fn a_pause_recorded_by_one_instance_holds_every_other() {
     match second.take_slot(LAPSE).await.expect("slot") {
         Slot::Wait { wait, paused } => {
             assert!(paused);
-            assert!(wait > Duration::from_millis(1500), "{wait:?}");
+            assert!(wait > Duration::from_secs(50), "{wait:?}");
         }
         Slot::Granted => panic!("a slot during a pause"),
     }
@@ -124,7 +136,7 @@ async fn a_pause_recorded_by_one_instance_holds_every_other() {
         .record_rate_limit(Duration::from_millis(100), None, LAPSE)
         .await
         .expect("recorded");
-    assert!(again.paused_for.expect("paused") > Duration::from_millis(1500));
+    assert!(again.paused_for.expect("paused") > Duration::from_secs(50));
     assert_eq!(again.interval, Some(Duration::from_millis(100)));
     assert_eq!(again.rate_limited, 2);
 }

@@ -797,33 +797,39 @@ async fn counts_whose_window_ended_restart_and_are_removed_by_later_failures() {
     use application::ports::throttle::SignInFailures;
     let db = TestDatabase::create().await;
     let store = db.store();
-    let short = Duration::from_secs(1);
+    // A window longer than the test takes, however slowly it runs: the first windows are
+    // ended by moving their start back, not by waiting.
+    let window = Duration::from_secs(60);
     for i in 0..6 {
         let login = Login::parse(&format!("user{i}")).expect("login");
         store
-            .record_failure(&login, address(i), short)
+            .record_failure(&login, address(i), window)
             .await
             .expect("counted");
     }
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    TestDatabase::execute(
+        &db,
+        "UPDATE sign_in_failures SET started_at = started_at - interval '61 seconds'",
+    )
+    .await;
     let carol = Login::parse("carol").expect("login");
     let user0 = Login::parse("user0").expect("login");
 
     let ended = store
-        .sign_in_record(&user0, address(0), short)
+        .sign_in_record(&user0, address(0), window)
         .await
         .expect("read");
     store
-        .record_failure(&user0, address(0), short)
+        .record_failure(&user0, address(0), window)
         .await
         .expect("counted");
     let restarted = store
-        .sign_in_record(&user0, address(0), short)
+        .sign_in_record(&user0, address(0), window)
         .await
         .expect("read");
     for _ in 0..3 {
         store
-            .record_failure(&carol, address(9), short)
+            .record_failure(&carol, address(9), window)
             .await
             .expect("counted");
     }
