@@ -147,6 +147,9 @@ async fn the_ledger_stays_exact_through_kills_and_accrual_faults() {
                         Ok(503 | 500) | Err(_) => {
                             ledger.uncertain_orders.insert(number, (user, points));
                         }
+                        // Refused by a limit (requests or pending orders per customer): it
+                        // must not exist, as any order never acknowledged.
+                        Ok(429) => {}
                         Ok(other) => panic!("upload answered {other}"),
                     }
                 } else {
@@ -163,7 +166,7 @@ async fn the_ledger_stays_exact_through_kills_and_accrual_faults() {
                         Ok(200) => {
                             ledger.acknowledged_withdrawals.insert(number);
                         }
-                        Ok(402) => {}
+                        Ok(402 | 429) => {}
                         Ok(503 | 500) | Err(_) => {
                             ledger.uncertain_withdrawals.insert(number);
                         }
