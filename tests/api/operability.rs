@@ -9,7 +9,7 @@ use clap::Parser;
 use gophermart::{Application, Config};
 use serde_json::{json, Value};
 
-use crate::support::{sample, scrape};
+use crate::support::{call, sample, scrape};
 
 fn requests(method: &str, route: &str, status: u16) -> String {
     format!(
@@ -21,12 +21,7 @@ fn requests(method: &str, route: &str, status: u16) -> String {
 async fn the_api_description_documents_every_customer_operation() {
     let app = spawn_app().await;
 
-    let response = app
-        .client
-        .get(app.url("/api/openapi.json"))
-        .send()
-        .await
-        .expect("sent");
+    let response = call(&app, "GET", "/api/openapi.json", &[]).await;
 
     assert_eq!(response.status(), 200);
     let document: Value = response.json().await.expect("JSON");
@@ -62,30 +57,10 @@ async fn the_api_description_documents_every_customer_operation() {
 async fn the_browsable_api_page_is_served_with_its_assets() {
     let app = spawn_app().await;
 
-    let page = app
-        .client
-        .get(app.url("/swagger-ui/"))
-        .send()
-        .await
-        .expect("sent");
-    let initializer = app
-        .client
-        .get(app.url("/swagger-ui/swagger-initializer.js"))
-        .send()
-        .await
-        .expect("sent");
-    let bundle = app
-        .client
-        .get(app.url("/swagger-ui/swagger-ui-bundle.js"))
-        .send()
-        .await
-        .expect("sent");
-    let bare = app
-        .client
-        .get(app.url("/swagger-ui"))
-        .send()
-        .await
-        .expect("sent");
+    let page = call(&app, "GET", "/swagger-ui/", &[]).await;
+    let initializer = call(&app, "GET", "/swagger-ui/swagger-initializer.js", &[]).await;
+    let bundle = call(&app, "GET", "/swagger-ui/swagger-ui-bundle.js", &[]).await;
+    let bare = call(&app, "GET", "/swagger-ui", &[]).await;
 
     assert_eq!(page.status(), 200);
     assert!(page.text().await.expect("text").contains("swagger-ui"));
@@ -151,12 +126,13 @@ async fn metrics_count_requests_by_route_pattern_and_the_points_that_move() {
     );
     let unknown_to_accrual = order_number(555_004);
     assert_eq!(app.upload(&token, &unknown_to_accrual).await.status(), 202);
-    let miss = app
-        .client
-        .get(app.url(&format!("/api/user/orders/{unknown_to_accrual}")))
-        .send()
-        .await
-        .expect("sent");
+    let miss = call(
+        &app,
+        "GET",
+        &format!("/api/user/orders/{unknown_to_accrual}"),
+        &[],
+    )
+    .await;
     assert_eq!(miss.status(), 404);
     let after = scrape(&app).await;
 

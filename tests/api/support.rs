@@ -234,12 +234,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// `/metrics` of `app`, checked to be Prometheus text.
 pub async fn scrape(app: &TestApp) -> String {
-    let response = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent");
+    let response = call(app, "GET", "/metrics", &[]).await;
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()
