@@ -16,6 +16,10 @@ use crate::{
     listener::QueueSignal,
 };
 
+/// Longest wait, after a write, for a synchronous standby to have it; see
+/// [`PgStore::requiring_synchronous_standby`].
+pub const STANDBY_CONFIRMATION_WAIT: Duration = Duration::from_secs(1);
+
 /// A pool of PostgreSQL connections.
 pub type PgPool = Pool<DbConnection>;
 
@@ -164,36 +168,80 @@ impl PgStore {
         }
     }
 
-    /// With `require` set, an upload, a withdrawal or a registration is answered only when
-    /// the server it was written to still makes every commit wait for a synchronous standby
-    /// (`synchronous_standby_names` not empty, `synchronous_commit` at `on`, `remote_write` or
-    /// `remote_apply`), asked on the same connection right after the write; otherwise the
-    /// write fails as the database being unavailable (503: outcome unknown, repeat it).
+    /// With `require` set, an upload, a withdrawal or a registration is answered only once a
+    /// synchronous standby has the write: asked on the same connection right after it, the
+    /// server must still make commits wait for a standby (`synchronous_standby_names` not
+    /// empty, `synchronous_commit` at `on`, `remote_write` or `remote_apply`), and one of its
+    /// synchronous standbys (`pg_stat_replication`, `sync` or `quorum`) must have flushed the
+    /// server's WAL up to where it was flushed locally then, which the write's commit is
+    /// within. The standby's position is asked again every millisecond until it has, for at
+    /// most [`STANDBY_CONFIRMATION_WAIT`]; otherwise the write fails as the database being
+    /// unavailable (503: outcome unknown, repeat it).
     ///
     /// A primary that commits without a standby (pg_auto_failover's `wait_primary`, which
     /// empties `synchronous_standby_names` when the standby is judged unhealthy, and after
     /// every failover until the old primary is back as a standby) acknowledges writes that
-    /// exist on it alone: if it then fails, or is demoted and rewound, they are gone. This
-    /// chooses durability over availability: writes are refused for as long as that lasts
-    /// (reads are served). The question costs one round trip per write.
+    /// exist on it alone: if it then fails, or is demoted and rewound, they are gone. The
+    /// setting alone does not tell: a commit waits only once the checkpointer has read the
+    /// reloaded setting, and a checkpointer busy with a checkpoint behind schedule reads it
+    /// late, so a server can show a standby's name and still commit without waiting for it.
+    /// The standby's flush position tells what the standby has. This chooses durability over
+    /// availability: writes are refused for as long as no synchronous standby keeps up (reads
+    /// are served). It costs a round trip per write, more while the standby catches up, and
+    /// the database role must see the standbys' positions (`pg_read_all_stats`, as in
+    /// `pg_monitor`; see [`PgStore::can_confirm_standbys`]).
     #[must_use]
     pub fn requiring_synchronous_standby(mut self, require: bool) -> Self {
         self.require_synchronous_standby = require;
         self
     }
 
-    /// See [`PgStore::requiring_synchronous_standby`]: `Ok` when not required, or when the
-    /// server behind `conn` commits with a synchronous standby.
+    /// Whether the database role sees the standbys' positions in `pg_stat_replication`, which
+    /// [`PgStore::requiring_synchronous_standby`] needs: a superuser or a member of
+    /// `pg_read_all_stats` (as `pg_monitor` is) does.
+    pub async fn can_confirm_standbys(&self) -> Result<bool, RepositoryError> {
+        use diesel_async::RunQueryDsl;
+
+        #[derive(diesel::QueryableByName)]
+        struct Allowed {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            allowed: bool,
+        }
+
+        let mut conn = self.conn().await?;
+        let answer: Allowed = diesel::sql_query(
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS allowed",
+        )
+        .get_result(&mut conn)
+        .await
+        .map_err(crate::error::from_diesel)?;
+        Ok(answer.allowed)
+    }
+
+    /// See [`PgStore::requiring_synchronous_standby`]: `Ok` when not required, or when a
+    /// synchronous standby of the server behind `conn` has flushed what the server had
+    /// flushed when asked, the write just made with it included.
     pub(crate) async fn confirm_synchronous_standby(
         &self,
         conn: &mut DbConnection,
     ) -> Result<(), RepositoryError> {
+        use diesel::sql_types::{Bool, Text};
         use diesel_async::RunQueryDsl;
 
         #[derive(diesel::QueryableByName)]
         struct Synchronous {
-            #[diesel(sql_type = diesel::sql_types::Bool)]
+            #[diesel(sql_type = Bool)]
             synchronous: bool,
+            #[diesel(sql_type = Text)]
+            flushed_here: String,
+            #[diesel(sql_type = Bool)]
+            on_standby: bool,
+        }
+
+        #[derive(diesel::QueryableByName)]
+        struct OnStandby {
+            #[diesel(sql_type = Bool)]
+            on_standby: bool,
         }
 
         if !self.require_synchronous_standby {
@@ -202,20 +250,47 @@ impl PgStore {
         let answer: Synchronous = diesel::sql_query(
             "SELECT current_setting('synchronous_standby_names') <> '' \
              AND current_setting('synchronous_commit') IN ('on', 'remote_write', 'remote_apply') \
-             AS synchronous",
+             AS synchronous, here.lsn::text AS flushed_here, \
+             EXISTS (SELECT FROM pg_stat_replication \
+             WHERE sync_state IN ('sync', 'quorum') AND flush_lsn >= here.lsn) AS on_standby \
+             FROM (SELECT pg_current_wal_flush_lsn() AS lsn) AS here",
         )
         .get_result(conn)
         .await
         .map_err(crate::error::from_diesel)?;
-        if answer.synchronous {
-            Ok(())
-        } else {
-            Err(RepositoryError::Unavailable(
+        if !answer.synchronous {
+            return Err(RepositoryError::Unavailable(
                 "the primary commits without a synchronous standby: the write's durability is \
                  not confirmed"
                     .into(),
-            ))
+            ));
         }
+        let deadline = tokio::time::Instant::now() + STANDBY_CONFIRMATION_WAIT;
+        let mut on_standby = answer.on_standby;
+        while !on_standby {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RepositoryError::Unavailable(
+                    format!(
+                        "no synchronous standby has flushed the write (WAL to {}) within {} ms: \
+                         its durability is not confirmed",
+                        answer.flushed_here,
+                        STANDBY_CONFIRMATION_WAIT.as_millis()
+                    )
+                    .into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            on_standby = diesel::sql_query(
+                "SELECT EXISTS (SELECT FROM pg_stat_replication \
+                 WHERE sync_state IN ('sync', 'quorum') AND flush_lsn >= $1::pg_lsn) AS on_standby",
+            )
+            .bind::<Text, _>(&answer.flushed_here)
+            .get_result::<OnStandby>(conn)
+            .await
+            .map_err(crate::error::from_diesel)?
+            .on_standby;
+        }
+        Ok(())
     }
 
     /// The database server the last connection opened reached (`address:port`): with several

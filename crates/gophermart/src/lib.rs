@@ -121,6 +121,18 @@ impl Application {
             pool.availability.clone(),
         )
         .requiring_synchronous_standby(config.database_require_synchronous_standby);
+        if config.database_require_synchronous_standby
+            && !store
+                .can_confirm_standbys()
+                .await
+                .context("asking whether the database role sees the standbys' positions")?
+        {
+            anyhow::bail!(
+                "DATABASE_REQUIRE_SYNCHRONOUS_STANDBY needs a database role that sees the \
+                 standbys' positions in pg_stat_replication: GRANT pg_monitor (or \
+                 pg_read_all_stats) TO the role in DATABASE_URI"
+            );
+        }
 
         let secret = config.jwt_secret.clone().unwrap_or_else(|| {
             tracing::warn!("JWT_SECRET is not set: using a random secret; sessions end with this process and are not shared between instances");

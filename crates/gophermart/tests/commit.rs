@@ -294,3 +294,129 @@ async fn writes_are_not_acknowledged_without_a_synchronous_standby_when_one_is_r
     drop(db);
     cluster.stop();
 }
+
+/// The server's checkpointer, stopped (SIGSTOP) until dropped: a setting reloaded meanwhile is
+/// seen by every session but not yet acted on where only the checkpointer acts on it.
+struct StoppedCheckpointer(String);
+
+impl StoppedCheckpointer {
+    async fn stop(db: &TestDatabase) -> Self {
+        use diesel_async::RunQueryDsl;
+
+        #[derive(QueryableByName)]
+        struct Pid {
+            #[diesel(sql_type = diesel::sql_types::Int4)]
+            pid: i32,
+        }
+        let mut conn = AsyncPgConnection::establish(db.url())
+            .await
+            .expect("connect");
+        let pid = diesel::sql_query(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'",
+        )
+        .get_result::<Pid>(&mut conn)
+        .await
+        .expect("the checkpointer")
+        .pid
+        .to_string();
+        signal("-STOP", &pid);
+        Self(pid)
+    }
+}
+
+impl Drop for StoppedCheckpointer {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+/// How many orders with `number` the database holds.
+async fn stored_orders(db: &TestDatabase, number: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    let mut conn = AsyncPgConnection::establish(db.url())
+        .await
+        .expect("connect");
+    diesel::sql_query(format!(
+        "SELECT count(*) AS ended FROM orders WHERE number = '{number}'"
+    ))
+    .get_result::<Ended>(&mut conn)
+    .await
+    .expect("count the orders")
+    .ended
+}
+
+fn signal(which: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, pid])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// A server can name a synchronous standby and still commit without waiting for one: a commit
+/// waits only once the checkpointer has read the reloaded `synchronous_standby_names` into
+/// shared memory, and a checkpointer busy with a checkpoint behind schedule (on a loaded
+/// machine, after a promotion) reads it late. Stopping the checkpointer makes that state at
+/// will: every session shows the standby's name, commits do not wait. With
+/// `--database-require-synchronous-standby` the upload is then stored on the primary alone
+/// and answered 503, since no standby has flushed it, where the setting alone would have let
+/// it be acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_no_standby_has_is_not_acknowledged_though_the_server_names_one() {
+    let cluster = ScriptedCluster::start(None);
+    let db = TestDatabase::create_on(cluster.uri()).await;
+    db.execute(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = on",
+        db.name()
+    ))
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let lenient = Instance::start(
+        &db,
+        "http://127.0.0.1:9",
+        &["--database-prepared-statements", "false"],
+    );
+    lenient.wait_ready(&client).await;
+    let token = register(&client, &lenient.base, "payer").await;
+    drop(lenient);
+    let strict = Instance::start(
+        &db,
+        "http://127.0.0.1:9",
+        &[
+            "--database-prepared-statements",
+            "false",
+            "--database-require-synchronous-standby",
+        ],
+    );
+    strict.wait_ready(&client).await;
+
+    let checkpointer = StoppedCheckpointer::stop(&db).await;
+    db.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+        .await;
+    db.execute("SELECT pg_reload_conf()").await;
+    let number = domain::with_check_digit("7201");
+    let started = Instant::now();
+    let status = upload(&client, &strict.base, &token, &number).await;
+    let took = started.elapsed();
+    assert_eq!(
+        status, 503,
+        "an upload no standby has was acknowledged by a server that names one"
+    );
+    // It was committed without waiting for the standby: on the primary alone.
+    assert_eq!(
+        stored_orders(&db, &number).await,
+        1,
+        "the upload was not committed: the test did not make the state it is about"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the upload waited {took:?}: its commit waited for the standby"
+    );
+    drop(checkpointer);
+    drop(strict);
+    drop(db);
+    cluster.stop();
+}
