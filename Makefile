@@ -16,7 +16,7 @@ help:
 	@echo "make abuse-experiment - brute force, a proxy's clients and a hoarding customer against three instances (release build)"
 	@echo "make events-experiment - event stream latency across two instances, and 10,000 open streams on one (release build)"
 	@echo "make switchover-experiment - planned switchovers under pg_auto_failover while customers write (release build)"
-	@echo "make failover-test - crash, rejoin, switchover and silent primary under pg_auto_failover while customers write (debug build; part of make test)"
+	@echo "make failover-test - crash and rejoin, switchover and silent primary under pg_auto_failover while customers write, writes confirmed on the standby (debug build; part of make test)"
 
 build:
 	$(CARGO) build --release --bins
@@ -88,20 +88,18 @@ events-experiment: build
 switchover-experiment: build
 	scripts/with-auto-failover.sh python3 scripts/switchover-experiment.py
 
-# Four failures of the primary in one throwaway pg_auto_failover formation, while 8 customers
-# upload, withdraw and read through one debug instance (scripts/failover-test.py): a crash
-# (every process of the node killed), the crashed node rejoining, a planned switchover, and a
-# silent primary (its processes stopped with SIGSTOP until the monitor has failed over). Fails on a
-# 500, a lost acknowledged write, a wrong balance, a failed ledger audit or a request held longer
-# than DATABASE_TIMEOUT_MS + DATABASE_STATEMENT_TIMEOUT_MS + 1.5 s. Reports how long after the
-# new primary first took a direct write of the test's own Gophermart's first write came. About
-# two minutes with the formation's set-up, on 2 cores. Not among `make test`'s steps yet: one run
-# in about sixteen lost acknowledged writes in the planned switchover, which an old primary
-# committing without a synchronous standby while its keeper does not act for 10 s reproduces
-# (docs/reliability.md, "The switchover that lost acknowledged writes"); how its standby came
-# to be dropped is not known, and on a loaded machine the test's own probes lag by seconds. A
-# gate that fails at random would stop every change. AUTOFAILOVER_KEEP_LOGS=DIR keeps the
-# formation's logs, events and a timeline of its durability settings when it fails.
+# Three failures of the primary in one throwaway pg_auto_failover formation, while 8 customers
+# upload, withdraw and read through one debug instance with DATABASE_REQUIRE_SYNCHRONOUS_STANDBY
+# (scripts/failover-test.py): a crash (every process of the node killed; the node started again
+# once the standby has taken over alone), a planned switchover, and a silent primary (its
+# processes stopped with SIGSTOP until the monitor has failed over). Fails on a 500, a lost
+# acknowledged write, a wrong balance, a failed ledger audit or a request held longer than
+# DATABASE_TIMEOUT_MS + DATABASE_STATEMENT_TIMEOUT_MS + the 1 s wait for the standby + 1.5 s.
+# Reports how long after the new primary first took a durable direct write of the test's own
+# Gophermart's first write came. About two minutes with the formation's set-up, on 2 cores.
+# AUTOFAILOVER_KEEP_LOGS=DIR keeps the formation's logs, events and a timeline of its
+# durability settings when it fails (docs/reliability.md, "The switchover that lost
+# acknowledged writes").
 failover-test: debug-bins
 	BIN=target/debug scripts/with-auto-failover.sh python3 scripts/failover-test.py
 

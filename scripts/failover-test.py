@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Four failures of the database's primary, one after the other in one pg_auto_failover
+"""Three failures of the database's primary, one after the other in one pg_auto_failover
 formation, while customers upload, withdraw and read through one Gophermart instance.
 
 Run it as `make failover-test` (part of `make test`): scripts/with-auto-failover.sh starts a
 monitor and two nodes with synchronous replication; debug binaries from target/debug (BIN).
 The instance follows the primary through DATABASE_URI's two hosts and
-target_session_attrs=read-write, with DATABASE_STATEMENT_TIMEOUT_MS=2000. 8 customers upload
-new order numbers, withdraw 1 point for new numbers and read their balance and orders; a write
-answered 503 is repeated with the same number until it is answered. The scenarios:
+target_session_attrs=read-write, with DATABASE_STATEMENT_TIMEOUT_MS=2000 and
+DATABASE_REQUIRE_SYNCHRONOUS_STANDBY=true, as docs/deployment.md ("High availability") has a
+deployment that must lose no acknowledged write: a write is answered only once a synchronous
+standby has flushed it. 8 customers upload new order numbers, withdraw 1 point for new
+numbers and read their balance and orders; a write answered 503 is repeated with the same
+number until it is answered. The scenarios:
 
   crash     every process of the primary node (its pg_autoctl and its PostgreSQL) killed
-            with SIGKILL at once; the monitor promotes the standby
-  rejoin    the crashed node's `pg_autoctl run` started again: it comes back as the standby
+            with SIGKILL at once; the monitor promotes the standby, which takes writes alone
+            (wait_primary: Gophermart refuses them) until the killed node's `pg_autoctl run`,
+            started again FAILOVER_STEADY_SECONDS later, has it back as the standby
   switchover  `pg_autoctl perform switchover`
   silent    the primary node's processes stopped with SIGSTOP (a partition without FIN or
             RST: connections stay open and nothing answers); once the monitor has failed over
@@ -22,24 +26,26 @@ After each, with the customers held between two rounds: no 500; every upload ans
 202 in `orders` and every withdrawal answered 200 in `withdrawals` on the current primary;
 every customer's balance equal to the funds less the withdrawals stored, with each stored
 withdrawal one it sent; `gophermart audit` passes; the instance still the one started. Every
-request must be answered within DATABASE_TIMEOUT_MS + DATABASE_STATEMENT_TIMEOUT_MS +
-FAILOVER_MARGIN_MS (1500). Prints per scenario the answers by status, the writes acknowledged
-and lost, the recovery time (from the new primary's first answer that it is not in recovery,
-polled every 0.1 s on each node, to the instance's first acknowledged write after it), the
-longest request and the instance's log lines at WARN or above.
+request must be answered within DATABASE_TIMEOUT_MS + DATABASE_STATEMENT_TIMEOUT_MS + the
+option's wait for the standby (1 s) + FAILOVER_MARGIN_MS (1500). Prints per scenario the
+answers by status, the writes acknowledged and lost, the recovery time (from the new primary's
+first answer that it is not in recovery, polled every 0.1 s on each node, to the instance's
+first acknowledged write after it), the longest request and the instance's log lines at WARN
+or above.
 
-It also measures when the new primary took writes at all: from the failure's start a direct
-write probe sends each node that may become primary an INSERT of its own into a table beside
-Gophermart's (failover_probe, created before the scenarios and dropped after them; the audit
-reads only Gophermart's tables) every FAILOVER_PROBE_MS, each in its own connection with
+It also measures when the new primary took durable writes at all: from the failure's start a
+direct write probe sends each node that may become primary an INSERT of its own into a table
+beside Gophermart's (failover_probe, created before the scenarios and dropped after them; the
+audit reads only Gophermart's tables) every FAILOVER_PROBE_MS, each in its own connection with
 statement_timeout at FAILOVER_PROBE_WAIT_MS. A write is taken only when answered without an
-error or a warning within FAILOVER_PROBE_WAIT_MS + 1 s (a read-only node refuses it; a commit
-still waiting for the synchronous standby is given up then: statement_timeout does not end
-that wait; a commit whose wait is cancelled, as pg_autoctl does when it disables synchronous
-replication, is answered with a WARNING). Per scenario with a new primary it
-prints the promotion, the first direct write taken and the instance's first acknowledged
-write, from the failure's start, the gap between the last two (the time Gophermart itself
-adds once the database takes writes), and what the customers' writes were doing then.
+error or a warning within FAILOVER_PROBE_WAIT_MS + 1 s and a synchronous standby has it, asked
+as Gophermart asks (a read-only node refuses it; a commit still waiting for the synchronous
+standby is given up then: statement_timeout does not end that wait; a commit whose wait is
+cancelled, as pg_autoctl does when it disables synchronous replication, is answered with a
+WARNING; a node without a synchronous standby commits it alone). Per scenario it prints the
+promotion, the first direct write taken and the instance's first acknowledged write, from the
+failure's start, the gap between the last two (the time Gophermart itself adds once the
+database takes durable writes), and what the customers' writes were doing then.
 
 Exits non-zero on a 500, a lost write, a wrong balance, a failed audit, a request over the
 bound or a gap over the bound; stopped processes are continued and everything started is
@@ -65,10 +71,23 @@ STEADY = float(os.environ.get("FAILOVER_STEADY_SECONDS", "3"))
 CONNECT_MS = 5000
 STATEMENT_MS = 2000
 MARGIN_MS = int(os.environ.get("FAILOVER_MARGIN_MS", "1500"))
-BOUND = (CONNECT_MS + STATEMENT_MS + MARGIN_MS) / 1000
+# DATABASE_REQUIRE_SYNCHRONOUS_STANDBY's longest wait for a standby to have a write
+# (STANDBY_CONFIRMATION_WAIT in crates/adapters-postgres/src/pool.rs).
+STANDBY_MS = 1000
+BOUND = (CONNECT_MS + STATEMENT_MS + STANDBY_MS + MARGIN_MS) / 1000
 PROBE_MS = int(os.environ.get("FAILOVER_PROBE_MS", "100"))
 PROBE_WAIT_MS = int(os.environ.get("FAILOVER_PROBE_WAIT_MS", "500"))
 PROBE_TABLE = "failover_probe"
+# A direct write counts once a synchronous standby has it, as Gophermart's do with
+# DATABASE_REQUIRE_SYNCHRONOUS_STANDBY: the server still names a standby and one has flushed
+# the WAL to where the server had flushed it after the write (asked PROBE_STANDBY_MS later).
+PROBE_STANDBY_MS = 20
+ON_STANDBY = (
+    "SELECT current_setting('synchronous_standby_names') <> '' "
+    "AND current_setting('synchronous_commit') IN ('on', 'remote_write', 'remote_apply') "
+    "AND EXISTS (SELECT FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum') "
+    "AND flush_lsn >= :'here')"
+)
 CTL = os.environ["AUTOFAILOVER_CTL"]
 URI = os.environ["DATABASE_URI"]
 
@@ -154,10 +173,12 @@ class WriteProbe:
     only when psql ends without an error and without a warning within PROBE_WAIT_MS + 1 s: a
     read-only node refuses it; a commit still waiting for a standby (none named, or one gone)
     is given up then (statement_timeout does not end a wait for the synchronous standby, which
-    comes after the statement); and one whose wait is cancelled (pg_cancel_backend, as
+    comes after the statement); one whose wait is cancelled (pg_cancel_backend, as
     pg_autoctl does when it disables synchronous replication) is committed locally but
-    answered with a WARNING, which is not taken. As the
-    writes overlap, one held at its commit is answered when the commit is released; a node
+    answered with a WARNING, which is not taken; and one committed without a wait is taken
+    only if, PROBE_STANDBY_MS after it, the node still names a synchronous standby and one has
+    flushed the WAL to where the node had flushed it after the write (ON_STANDBY, Gophermart's
+    own question). As the writes overlap, one held at its commit is answered when the commit is released; a node
     that refuses writes at once (pg_autoctl's stop_replication sets
     default_transaction_read_only) is known to take them within one attempt. Each write is
     recorded as (sent, answered, taken): the time that counts is the answer, as for a
@@ -173,18 +194,24 @@ class WriteProbe:
             thread.start()
 
     def write(self, node):
-        sql = f"INSERT INTO {PROBE_TABLE} (node) VALUES ('{node.name}')"
+        script = (
+            f"INSERT INTO {PROBE_TABLE} (node) VALUES ('{node.name}');\n"
+            "SELECT pg_current_wal_flush_lsn() AS here \\gset\n"
+            f"SELECT pg_sleep({PROBE_STANDBY_MS / 1000});\n"
+            f"{ON_STANDBY};\n"
+        )
         sent = time.time()
         try:
             out = subprocess.run(
-                ["psql", node.uri, "-Xqt", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                ["psql", node.uri, "-XqAt", "-v", "ON_ERROR_STOP=1"],
+                input=script,
                 env={**os.environ, "PGOPTIONS": f"-c statement_timeout={PROBE_WAIT_MS}"},
                 capture_output=True,
                 text=True,
                 # A stopped node holds the connection: give up on it.
                 timeout=PROBE_WAIT_MS / 1000 + 1,
             )
-            taken = out.returncode == 0 and "WARNING" not in out.stderr
+            taken = out.returncode == 0 and "WARNING" not in out.stderr and out.stdout.split()[-1:] == ["t"]
         except subprocess.TimeoutExpired:
             taken = False
         with self.lock:
@@ -275,15 +302,21 @@ def primary_of(nodes):
 
 
 def crash(nodes, old):
+    """Kills the primary; once the standby, promoted, takes writes alone (wait_primary, no
+    synchronous standby: Gophermart refuses writes) for STEADY seconds, starts the killed
+    node's `pg_autoctl run` again and waits until it is back as the standby."""
+    new = other(nodes, old)
     killed = old.signal_all(signal.SIGKILL)
-    return f"{killed} processes of {old.name} killed", other(nodes, old)
-
-
-def rejoin(nodes, old):
-    crashed = other(nodes, old)
-    subprocess.run([CTL, "run", crashed.name], check=True)
-    wait_until(f"{crashed.name} back as the standby", healthy, 90)
-    return f"{crashed.name} back as the standby", None
+    wait_until(f"{new.name} taking writes alone", lambda: states().get(new.name, ("",))[0] == "wait_primary", 90)
+    alone = time.time()
+    time.sleep(STEADY)
+    subprocess.run([CTL, "run", old.name], check=True)
+    wait_until(f"{old.name} back as the standby", healthy, 90)
+    return (
+        f"{killed} processes of {old.name} killed; {new.name} alone, then {old.name} back as the "
+        f"standby {time.time() - alone:.1f} s later",
+        new,
+    )
 
 
 def switchover(nodes, old):
@@ -339,7 +372,11 @@ def main():
         BIN,
         CUSTOMERS,
         "failover",
-        {"DATABASE_TIMEOUT_MS": str(CONNECT_MS), "DATABASE_STATEMENT_TIMEOUT_MS": str(STATEMENT_MS)},
+        {
+            "DATABASE_TIMEOUT_MS": str(CONNECT_MS),
+            "DATABASE_STATEMENT_TIMEOUT_MS": str(STATEMENT_MS),
+            "DATABASE_REQUIRE_SYNCHRONOUS_STANDBY": "true",
+        },
     )
     workload = None
     failures = []
@@ -366,13 +403,14 @@ def main():
         workload.run()
         log_at = os.path.getsize(instance.log.name)
         print(
-            f"failover test: {CUSTOMERS} customers, {BIN}/gophermart, request bound {BOUND:.1f} s "
-            f"(DATABASE_TIMEOUT_MS {CONNECT_MS} + DATABASE_STATEMENT_TIMEOUT_MS {STATEMENT_MS} + {MARGIN_MS} ms); "
+            f"failover test: {CUSTOMERS} customers, {BIN}/gophermart with DATABASE_REQUIRE_SYNCHRONOUS_STANDBY, "
+            f"request bound {BOUND:.1f} s (DATABASE_TIMEOUT_MS {CONNECT_MS} + DATABASE_STATEMENT_TIMEOUT_MS "
+            f"{STATEMENT_MS} + the standby's {STANDBY_MS} + {MARGIN_MS} ms); "
             f"a direct write to each candidate node every {PROBE_MS} ms, taken within {PROBE_WAIT_MS} ms "
             f"(synchronous_commit, synchronous_standby_names: {' '.join(durability)})",
             flush=True,
         )
-        for name, scenario in (("crash", crash), ("rejoin", rejoin), ("switchover", switchover), ("silent", silent)):
+        for name, scenario in (("crash", crash), ("switchover", switchover), ("silent", silent)):
             time.sleep(STEADY)
             old = primary_of(nodes)
             candidates = [n for n in nodes if n is not old]
