@@ -176,12 +176,15 @@ pub struct Config {
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
     pub database_statement_timeout_ms: u64,
 
-    /// Answer an upload, a withdrawal or a registration only when the database server still
-    /// makes every commit wait for a synchronous standby (asked right after the write; one
-    /// round trip). Otherwise the write answers 503 (outcome unknown, repeat it): a primary
-    /// that commits alone, as pg_auto_failover's `wait_primary` does, acknowledges writes a
-    /// failover can lose. Durability over availability: writes are refused for as long as the
-    /// primary has no synchronous standby. See docs/deployment.md, "High availability".
+    /// Answer an upload, a withdrawal or a registration only once a synchronous standby has
+    /// it: asked right after the write, the database server must still make commits wait for
+    /// a synchronous standby, and one must have flushed its WAL past the write (waited for up
+    /// to 1 s). Otherwise the write answers 503 (outcome unknown, repeat it): a primary that
+    /// commits alone, as pg_auto_failover's `wait_primary` does, acknowledges writes a failover
+    /// can lose. Durability over availability: writes are refused for as long as the primary
+    /// has no synchronous standby. The database role must see the standbys' positions
+    /// (`GRANT pg_monitor`); the service does not start otherwise. See docs/deployment.md,
+    /// "High availability".
     #[arg(
         long,
         env = "DATABASE_REQUIRE_SYNCHRONOUS_STANDBY",

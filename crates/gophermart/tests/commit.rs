@@ -420,3 +420,58 @@ async fn a_write_no_standby_has_is_not_acknowledged_though_the_server_names_one(
     drop(db);
     cluster.stop();
 }
+
+/// `--database-require-synchronous-standby` reads the standbys' positions, which PostgreSQL
+/// shows only to a superuser or a member of `pg_read_all_stats`: with a role that sees none,
+/// every write would answer 503 for ever, so the service refuses to start and says what to
+/// grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_option_needs_a_role_that_sees_the_standbys() {
+    let db = TestDatabase::create().await;
+    let role = format!("{}_plain", db.name());
+    db.execute(&format!("CREATE ROLE {role} LOGIN")).await;
+    db.execute(&format!("GRANT ALL ON SCHEMA public TO {role}"))
+        .await;
+    db.execute(&format!(
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"
+    ))
+    .await;
+    db.execute(&format!(
+        "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"
+    ))
+    .await;
+    let mut url = url::Url::parse(db.url()).expect("the database URL");
+    url.set_username(&role).expect("a user name");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gophermart"))
+            .args([
+                "-a",
+                &format!("127.0.0.1:{}", support::free_port()),
+                "-d",
+                url.as_str(),
+                "-r",
+                "http://127.0.0.1:9",
+                "--jwt-secret",
+                "secret",
+                "--database-require-synchronous-standby",
+            ])
+            .env("RUST_LOG", "error")
+            .env_remove("LOG_FORMAT")
+            .output()
+            .expect("gophermart runs")
+    })
+    .await
+    .expect("joined");
+    let said = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "started with a role that cannot see the standbys: {said}"
+    );
+    assert!(
+        said.contains("GRANT pg_monitor"),
+        "the refusal does not say what to grant: {said}"
+    );
+    db.execute(&format!("DROP OWNED BY {role}")).await;
+    db.execute(&format!("DROP ROLE {role}")).await;
+}
