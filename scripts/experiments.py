@@ -109,7 +109,7 @@ class Instance:
     `customers` customers registered and funded with FUNDS points each, credited the real
     way: a purchase the accrual system knows of. `stop()` ends both processes."""
 
-    def __init__(self, bin_dir, customers, prefix, extra_env=None):
+    def __init__(self, bin_dir, customers, prefix, extra_env=None, funding=6_000_000):
         import os
         import subprocess
         import tempfile
@@ -137,6 +137,7 @@ class Instance:
         )
         self.tokens = []
         self.logins = []
+        self.funding = funding
         try:
             self._start(customers, prefix)
         except BaseException:
@@ -163,7 +164,7 @@ class Instance:
             self.tokens.append((headers.get("Authorization") or "").removeprefix("Bearer "))
         call("POST", self.accrual_base + "/api/goods", {"match": "Funding", "reward": FUNDS, "reward_type": "pt"})
         for c, token in enumerate(self.tokens):
-            number = luhn(str(6_000_000 + c))
+            number = luhn(str(self.funding + c))
             status, _, _ = call(
                 "POST",
                 self.accrual_base + "/api/orders",
@@ -218,7 +219,7 @@ class Workload:
     503 or not answered is repeated with the same number until it is answered, as the API
     asks of clients. Every answer is recorded with its kind, status, end and duration."""
 
-    def __init__(self, base, tokens, reads=True):
+    def __init__(self, base, tokens, reads=True, first=0):
         import threading
 
         self.base, self.tokens, self.reads = base, tokens, reads
@@ -234,7 +235,8 @@ class Workload:
         # When each customer's request in flight began (None: none).
         self.in_flight = {}
         self.stop = threading.Event()
-        self.serial = 0
+        # Order numbers are 7_000_000_000 + serial (with a check digit), serial from `first`.
+        self.serial = first
         # pause() holds the customers between rounds; `parked` counts those held.
         self.held = threading.Condition()
         self.paused, self.parked = False, 0

@@ -32,10 +32,15 @@ for S seconds from each switchover's start, as a keeper starved on a loaded mach
 neither reports `draining` nor stops its PostgreSQL; SWITCHOVER_SYNC_OFF=1 first empties the
 old primary's synchronous_standby_names (ALTER SYSTEM and a reload, as pg_autoctl does when it
 moves a primary to `wait_primary`), so that its commits no longer wait for the standby.
+SWITCHOVER_SYNC_STALE=1 makes the old primary commit without its standby while it still shows
+the standby's name: its checkpointer, which alone tells commits to wait, is stopped between
+emptying synchronous_standby_names and putting it back, and continued with the keeper (or at
+once without SWITCHOVER_STALL_KEEPER).
 
 Environment: DATABASE_URI, AUTOFAILOVER_* (from scripts/with-auto-failover.sh); BIN
 (target/release), SWITCHOVER_RUNS (5), SWITCHOVER_STEADY_SECONDS (3), SWITCHOVER_LOAD (0),
-SWITCHOVER_STOP_ON_LOSS (0), SWITCHOVER_STALL_KEEPER (0), SWITCHOVER_SYNC_OFF (0).
+SWITCHOVER_STOP_ON_LOSS (0), SWITCHOVER_STALL_KEEPER (0), SWITCHOVER_SYNC_OFF (0),
+SWITCHOVER_SYNC_STALE (0).
 """
 
 import collections
@@ -65,6 +70,7 @@ LOAD = int(os.environ.get("SWITCHOVER_LOAD", "0"))
 STOP_ON_LOSS = os.environ.get("SWITCHOVER_STOP_ON_LOSS") == "1"
 STALL = float(os.environ.get("SWITCHOVER_STALL_KEEPER", "0"))
 SYNC_OFF = os.environ.get("SWITCHOVER_SYNC_OFF") == "1"
+SYNC_STALE = os.environ.get("SWITCHOVER_SYNC_STALE") == "1"
 KEEP = os.path.join(os.environ.get("AUTOFAILOVER_DIR", "/nonexistent"), "keep")
 NODES = {"node1": os.environ.get("AUTOFAILOVER_NODE1_URI"), "node2": os.environ.get("AUTOFAILOVER_NODE2_URI")}
 
@@ -113,9 +119,34 @@ def primary_port():
     return psql(URI, "SELECT inet_server_port()")[0]
 
 
+def stale_sync(uri, name, timeline):
+    """SWITCHOVER_SYNC_STALE on the primary at `uri`: its synchronous_standby_names emptied and
+    read by its checkpointer, then the checkpointer stopped (SIGSTOP) and the setting put back.
+    Every session then shows the standby's name, but commits do not wait for it: only the
+    checkpointer tells them to (docs/reliability.md, "The switchover that lost acknowledged
+    writes"). Returns the checkpointer's pid, to be continued with the keeper."""
+    names = " ".join(psql(uri, "SHOW synchronous_standby_names"))
+    psql(uri, "ALTER SYSTEM SET synchronous_standby_names = ''")
+    psql(uri, "SELECT pg_reload_conf()")
+    time.sleep(1)
+    checkpointer = int(psql(uri, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")[0])
+    os.kill(checkpointer, signal.SIGSTOP)
+    try:
+        quoted = names.replace("'", "''")
+        psql(uri, f"ALTER SYSTEM SET synchronous_standby_names = '{quoted}'")
+        psql(uri, "SELECT pg_reload_conf()")
+        time.sleep(1)
+    except BaseException:
+        os.kill(checkpointer, signal.SIGCONT)
+        raise
+    if timeline:
+        timeline.note(f"{name}: checkpointer {checkpointer} stopped, synchronous_standby_names back to {names!r}")
+    return checkpointer
+
+
 def faults(port, timeline):
-    """SWITCHOVER_SYNC_OFF and SWITCHOVER_STALL_KEEPER on the node at `port` (the primary);
-    returns the stopped keeper's pids and when to continue them."""
+    """SWITCHOVER_SYNC_OFF, SWITCHOVER_SYNC_STALE and SWITCHOVER_STALL_KEEPER on the node at
+    `port` (the primary); returns the stopped processes' pids and when to continue them."""
     name = next(n for n, uri in NODES.items() if uri and uri.rsplit(":", 1)[1].split("/")[0] == port)
     if SYNC_OFF:
         psql(NODES[name], "ALTER SYSTEM SET synchronous_standby_names = ''")
@@ -123,13 +154,14 @@ def faults(port, timeline):
         if timeline:
             timeline.note(f"{name}: synchronous_standby_names emptied")
         time.sleep(1)
-    if not STALL:
-        return [], 0
-    pids = keeper_processes(os.path.join(os.environ["AUTOFAILOVER_DIR"], name))
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    if timeline:
-        timeline.note(f"{name}: keeper {pids} stopped for {STALL:.0f} s")
+    pids = [stale_sync(NODES[name], name, timeline)] if SYNC_STALE else []
+    if STALL:
+        keeper = keeper_processes(os.path.join(os.environ["AUTOFAILOVER_DIR"], name))
+        for pid in keeper:
+            os.kill(pid, signal.SIGSTOP)
+        pids += keeper
+        if timeline:
+            timeline.note(f"{name}: keeper {keeper} stopped for {STALL:.0f} s")
     return pids, time.time() + STALL
 
 
