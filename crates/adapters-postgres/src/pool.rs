@@ -187,9 +187,11 @@ impl PgStore {
     /// late, so a server can show a standby's name and still commit without waiting for it.
     /// The standby's flush position tells what the standby has. This chooses durability over
     /// availability: writes are refused for as long as no synchronous standby keeps up (reads
-    /// are served). It costs a round trip per write, more while the standby catches up, and
-    /// the database role must see the standbys' positions (`pg_read_all_stats`, as in
-    /// `pg_monitor`; see [`PgStore::can_confirm_standbys`]).
+    /// are served). It costs each write a round trip and, under concurrent writes, about one
+    /// more flush of the standby's (the server's flush point includes the commits still
+    /// waiting for it; `make durability-experiment`), and the database role must see the
+    /// standbys' positions (`pg_read_all_stats`, as in `pg_monitor`; see
+    /// [`PgStore::can_confirm_standbys`]).
     #[must_use]
     pub fn requiring_synchronous_standby(mut self, require: bool) -> Self {
         self.require_synchronous_standby = require;
