@@ -187,7 +187,7 @@ impl PgStore {
     /// late, so a server can show a standby's name and still commit without waiting for it.
     /// The standby's flush position tells what the standby has. This chooses durability over
     /// availability: writes are refused for as long as no synchronous standby keeps up (reads
-    /// are served). It costs each write a round trip and, under concurrent writes, about one
+    /// are served). It costs each write two round trips and, under concurrent writes, about one
     /// more flush of the standby's (the server's flush point includes the commits still
     /// waiting for it; `make durability-experiment`), and the database role must see the
     /// standbys' positions (`pg_read_all_stats`, as in `pg_monitor`; see
@@ -236,8 +236,6 @@ impl PgStore {
             synchronous: bool,
             #[diesel(sql_type = Text)]
             flushed_here: String,
-            #[diesel(sql_type = Bool)]
-            on_standby: bool,
         }
 
         #[derive(diesel::QueryableByName)]
@@ -249,18 +247,15 @@ impl PgStore {
         if !self.require_synchronous_standby {
             return Ok(());
         }
-        let answer: Synchronous = diesel::sql_query(
+        let here: Synchronous = diesel::sql_query(
             "SELECT current_setting('synchronous_standby_names') <> '' \
              AND current_setting('synchronous_commit') IN ('on', 'remote_write', 'remote_apply') \
-             AS synchronous, here.lsn::text AS flushed_here, \
-             EXISTS (SELECT FROM pg_stat_replication \
-             WHERE sync_state IN ('sync', 'quorum') AND flush_lsn >= here.lsn) AS on_standby \
-             FROM (SELECT pg_current_wal_flush_lsn() AS lsn) AS here",
+             AS synchronous, pg_current_wal_flush_lsn()::text AS flushed_here",
         )
         .get_result(conn)
         .await
         .map_err(crate::error::from_diesel)?;
-        if !answer.synchronous {
+        if !here.synchronous {
             return Err(RepositoryError::Unavailable(
                 "the primary commits without a synchronous standby: the write's durability is \
                  not confirmed"
@@ -268,31 +263,31 @@ impl PgStore {
             ));
         }
         let deadline = tokio::time::Instant::now() + STANDBY_CONFIRMATION_WAIT;
-        let mut on_standby = answer.on_standby;
-        while !on_standby {
+        loop {
+            let answer: OnStandby = diesel::sql_query(
+                "SELECT EXISTS (SELECT FROM pg_stat_replication \
+                 WHERE sync_state IN ('sync', 'quorum') AND flush_lsn >= $1::pg_lsn) AS on_standby",
+            )
+            .bind::<Text, _>(&here.flushed_here)
+            .get_result(conn)
+            .await
+            .map_err(crate::error::from_diesel)?;
+            if answer.on_standby {
+                return Ok(());
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(RepositoryError::Unavailable(
                     format!(
                         "no synchronous standby has flushed the write (WAL to {}) within {} ms: \
                          its durability is not confirmed",
-                        answer.flushed_here,
+                        here.flushed_here,
                         STANDBY_CONFIRMATION_WAIT.as_millis()
                     )
                     .into(),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
-            on_standby = diesel::sql_query(
-                "SELECT EXISTS (SELECT FROM pg_stat_replication \
-                 WHERE sync_state IN ('sync', 'quorum') AND flush_lsn >= $1::pg_lsn) AS on_standby",
-            )
-            .bind::<Text, _>(&answer.flushed_here)
-            .get_result::<OnStandby>(conn)
-            .await
-            .map_err(crate::error::from_diesel)?
-            .on_standby;
         }
-        Ok(())
     }
 
     /// The database server the last connection opened reached (`address:port`): with several
