@@ -31,6 +31,25 @@ struct Ended {
     ended: i64,
 }
 
+/// A throwaway cluster of the test's own (`synchronous_standby_names` is a setting of the
+/// whole server) with a database whose commits wait for a synchronous standby when the server
+/// names one, as a durable deployment's do (the cluster itself has `synchronous_commit = off`),
+/// and an HTTP client that gives up after 30 s.
+async fn durable_database() -> (ScriptedCluster, TestDatabase, reqwest::Client) {
+    let cluster = ScriptedCluster::start(None);
+    let db = TestDatabase::create_on(cluster.uri()).await;
+    db.execute(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = on",
+        db.name()
+    ))
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    (cluster, db, client)
+}
+
 /// How a commit waiting for the standby is released without the standby.
 #[derive(Debug, Clone, Copy)]
 enum Release {
@@ -96,19 +115,7 @@ async fn no_write_is_acknowledged_before_its_commit_is_confirmed(
     statements: &str,
     release: Release,
 ) {
-    let cluster = ScriptedCluster::start(None);
-    let db = TestDatabase::create_on(cluster.uri()).await;
-    // The throwaway cluster does not wait for commits at all (synchronous_commit = off);
-    // this database does, as a durable deployment's would.
-    db.execute(&format!(
-        "ALTER DATABASE {} SET synchronous_commit = on",
-        db.name()
-    ))
-    .await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let (cluster, db, client) = durable_database().await;
     let instance = Instance::start(
         &db,
         "http://127.0.0.1:9",
@@ -210,17 +217,7 @@ async fn no_write_is_acknowledged_when_its_wait_for_the_standby_is_cancelled_wit
 /// `Retry-After`. Without the option the same server acknowledges them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_not_acknowledged_without_a_synchronous_standby_when_one_is_required() {
-    let cluster = ScriptedCluster::start(None);
-    let db = TestDatabase::create_on(cluster.uri()).await;
-    db.execute(&format!(
-        "ALTER DATABASE {} SET synchronous_commit = on",
-        db.name()
-    ))
-    .await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let (cluster, db, client) = durable_database().await;
 
     // Without the option: acknowledged, as pg_auto_failover's two-node default intends.
     let lenient = Instance::start(
@@ -363,17 +360,7 @@ fn signal(which: &str, pid: &str) {
 /// it be acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_no_standby_has_is_not_acknowledged_though_the_server_names_one() {
-    let cluster = ScriptedCluster::start(None);
-    let db = TestDatabase::create_on(cluster.uri()).await;
-    db.execute(&format!(
-        "ALTER DATABASE {} SET synchronous_commit = on",
-        db.name()
-    ))
-    .await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let (cluster, db, client) = durable_database().await;
     let lenient = Instance::start(
         &db,
         "http://127.0.0.1:9",
